@@ -1,0 +1,42 @@
+"""Composition root of an agent process: one or more device slots on one connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from agent.runners.simulated import SimulatedConfig, SimulatedRunner
+from agent.worker import Agent, AgentConfig
+from infra import embedded
+from infra import nats as qnats
+from infra.eventlog import EventLog
+
+if TYPE_CHECKING:
+    from agent.runners import Runner
+
+log = structlog.get_logger(__name__)
+
+
+def simulated_runner(config: SimulatedConfig, slot: int) -> Runner:
+    """A simulated runner whose seed differs per slot, so slots do not fail in lockstep."""
+    seed = None if config.seed is None else config.seed + slot
+    return SimulatedRunner(msgspec.structs.replace(config, seed=seed))
+
+
+async def run(
+    servers: embedded.Servers,
+    agents: list[tuple[AgentConfig, Runner]],
+    stop: asyncio.Event,
+) -> None:
+    """Run the given agents until `stop` is set."""
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await qnats.connect(servers.nats_url, name="qgjob-agent")
+        stack.push_async_callback(nc.drain)
+        events = EventLog(nc.jetstream())
+        async with asyncio.TaskGroup() as tasks:
+            for config, runner in agents:
+                tasks.create_task(Agent(nc, events, runner, config).run(stop))

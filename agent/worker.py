@@ -1,0 +1,241 @@
+"""An agent: takes a dispatch ticket, claims the batch's jobs, installs the build once,
+runs the tests one after another, and claims again before letting the ticket go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import msgspec
+import nats.errors
+import structlog
+
+from agent.runners import RunnerError, TestOutcome
+from agent.tickets import TicketSource
+from infra import events as ev
+from infra import lifecycle, rpc
+from infra.eventlog import ConcurrencyConflict
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+    from agent.runners import Runner
+    from infra.eventlog import EventLog
+
+log = structlog.get_logger(__name__)
+
+_claim_decoder = msgspec.json.Decoder(rpc.ClaimResponse)
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    agent_id: ev.AgentId
+    targets: tuple[ev.Target, ...]
+    max_attempts: int = 3
+    ticket_ack_wait_s: float = 30.0
+    claim_timeout_s: float = 10.0
+    install_cache_size: int = 8
+    """How many installed builds the device keeps."""
+
+
+class Agent:
+    """One device slot serving one or more targets."""
+
+    def __init__(self, nc: Client, events: EventLog, runner: Runner, config: AgentConfig) -> None:
+        self._nc = nc
+        self._events = events
+        self._runner = runner
+        self.config = config
+        self._installed: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work tickets until `stop` is set; a batch in progress gives back its unstarted
+        jobs and its ticket when stopping."""
+        cfg = self.config
+        await self._events.append(
+            ev.AgentRegistered(
+                at=ev.utcnow(),
+                agent_id=cfg.agent_id,
+                targets=cfg.targets,
+                runner=self._runner.name,
+                hostname=socket.gethostname(),
+            )
+        )
+        structlog.contextvars.bind_contextvars(agent_id=cfg.agent_id)
+        log.info("agent_registered", targets=[t.value for t in cfg.targets])
+        tickets = TicketSource(self._nc, cfg.targets)
+        await tickets.open()
+        try:
+            while (msg := await tickets.next(stop)) is not None:
+                await self._work(msg, stop)
+        finally:
+            await tickets.close()
+            await self._events.append(ev.AgentStopped(at=ev.utcnow(), agent_id=cfg.agent_id))
+            log.info("agent_stopped")
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.config.ticket_ack_wait_s / 3)
+            await msg.in_progress()
+
+    async def _work(self, msg: Msg, stop: asyncio.Event) -> None:
+        ticket = ev.ticket_decoder.decode(msg.data)
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            spent = await self._work_batch(ticket, stop)
+        finally:
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
+        if spent:
+            await msg.ack_sync()
+        else:
+            await msg.nak(delay=1.0)
+
+    async def _claim(self, ticket: ev.WorkTicket) -> rpc.ClaimResponse:
+        request = rpc.ClaimRequest(
+            agent_id=self.config.agent_id,
+            batch_id=ticket.batch_id,
+            ticket=ticket.ticket,
+            as_of_seq=ticket.as_of_seq,
+        )
+        try:
+            reply = await self._nc.request(
+                ev.CLAIM_SUBJECT, msgspec.json.encode(request), timeout=self.config.claim_timeout_s
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            return rpc.ClaimResponse(jobs=[], error=f"claim service unavailable: {exc!r}")
+        return _claim_decoder.decode(reply.data)
+
+    async def _work_batch(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> bool:
+        """Claim and run until a claim comes back empty (True: the ticket is spent) or the
+        agent must let the ticket go unspent (False)."""
+        while True:
+            claim = await self._claim(ticket)
+            if claim.error is not None:
+                log.warning("claim_refused", batch_id=ticket.batch_id, error=claim.error)
+                return False
+            if not claim.jobs:
+                return True
+            jobs = [job.state for job in claim.jobs]
+            if not await self._ensure_installed(ticket, jobs):
+                continue
+            for index, job in enumerate(jobs):
+                if stop.is_set():
+                    await self._release(jobs[index:], "agent stopping")
+                    return False
+                await self._run(job)
+
+    async def _ensure_installed(
+        self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState]
+    ) -> bool:
+        key = (ticket.app_version_id, ticket.target.value)
+        if key in self._installed:
+            self._installed.move_to_end(key)
+            return True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await self._runner.install(ticket.org_id, ticket.app_version_id, ticket.target.value)
+        except RunnerError as exc:
+            log.warning("install_failed", batch_id=ticket.batch_id, error=str(exc))
+            for job in jobs:
+                await self._error(job, f"install failed: {exc}")
+            return False
+        self._installed[key] = None
+        if len(self._installed) > self.config.install_cache_size:
+            self._installed.popitem(last=False)
+        await self._events.append(
+            ev.BuildInstalled(
+                at=ev.utcnow(),
+                batch_id=ticket.batch_id,
+                agent_id=self.config.agent_id,
+                app_version_id=ticket.app_version_id,
+                target=ticket.target,
+                duration_s=loop.time() - started,
+            )
+        )
+        log.info("build_installed", batch_id=ticket.batch_id, app_version_id=ticket.app_version_id)
+        return True
+
+    async def _append(
+        self, state: lifecycle.JobState, event: ev.JobEvent
+    ) -> lifecycle.JobState | None:
+        """Append a job event guarded by the job's version; None when someone else wrote
+        first (the job was cancelled or taken over), and the agent stands down."""
+        try:
+            appended = await self._events.append(event, expected_seq=state.version)
+        except ConcurrencyConflict:
+            log.warning("job_taken_over", job_id=state.job_id)
+            return None
+        return lifecycle.evolve(state, event, appended.seq)
+
+    async def _release(self, jobs: list[lifecycle.JobState], reason: str) -> None:
+        for job in jobs:
+            await self._append(
+                job,
+                ev.JobReleased(
+                    at=ev.utcnow(), job_id=job.job_id, agent_id=self.config.agent_id, reason=reason
+                ),
+            )
+
+    async def _error(self, job: lifecycle.JobState, reason: str) -> None:
+        errored = await self._append(
+            job,
+            ev.JobErrored(
+                at=ev.utcnow(),
+                job_id=job.job_id,
+                agent_id=self.config.agent_id,
+                attempt=job.attempt,
+                reason=reason,
+            ),
+        )
+        if errored is not None:
+            await self._append(
+                errored, lifecycle.after_infra_error(errored, self.config.max_attempts, ev.utcnow())
+            )
+
+    async def _run(self, job: lifecycle.JobState) -> None:
+        agent_id = self.config.agent_id
+        running = await self._append(
+            job,
+            ev.JobStarted(
+                at=ev.utcnow(), job_id=job.job_id, agent_id=agent_id, attempt=job.attempt
+            ),
+        )
+        if running is None:
+            return
+        try:
+            outcome: TestOutcome = await asyncio.wait_for(
+                self._runner.run_test(running), timeout=running.timeout_s
+            )
+        except TimeoutError:
+            await self._error(running, f"test timed out after {running.timeout_s:g} s")
+            return
+        except RunnerError as exc:
+            await self._error(running, f"runner failed: {exc}")
+            return
+        now = ev.utcnow()
+        verdict: ev.JobEvent = (
+            ev.JobPassed(
+                at=now,
+                job_id=job.job_id,
+                agent_id=agent_id,
+                attempt=job.attempt,
+                duration_s=outcome.duration_s,
+            )
+            if outcome.passed
+            else lifecycle.on_test_failure(
+                running, agent_id, outcome.reason, outcome.duration_s, now
+            )
+        )
+        if await self._append(running, verdict) is not None:
+            log.info(
+                "job_finished",
+                job_id=job.job_id,
+                batch_id=job.batch_id,
+                verdict=type(verdict).__struct_config__.tag,
+            )

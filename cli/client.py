@@ -1,0 +1,177 @@
+"""An async HTTP client for the orchestrator API that speaks in `infra.api` Structs."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from infra import api
+from infra.events import JobStatus, Target
+
+T = TypeVar("T")
+
+REQUEST_TIMEOUT_S = 30.0
+
+
+class CliError(Exception):
+    """The command could not do its work; the message says why, in one line."""
+
+
+class ApiUnreachable(CliError):
+    """Nothing answered at the API URL (connection refused, reset or timed out)."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(
+            f"cannot reach the qgjob API at {base_url} (is `qgjob up` running? set QG_API_URL)"
+        )
+        self.base_url = base_url
+
+
+class ApiError(CliError):
+    """The API answered with an error status and an `ErrorBody`."""
+
+    def __init__(self, status: int, error: str, field: str | None = None) -> None:
+        message = error if field is None or field in error else f"{field}: {error}"
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.field = field
+
+
+class ApiClient:
+    """The orchestrator's HTTP API; use as `async with ApiClient(url, token) as api`."""
+
+    def __init__(
+        self, base_url: str, token: str | None = None, *, timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise CliError(f"the API URL must start with http:// or https://, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def submit(self, spec: api.JobSpec) -> api.JobView:
+        """Submit one job (201 when new, 200 for a known idempotency key)."""
+        return await self._request("POST", "/jobs", api.JobView, body=spec)
+
+    async def submit_many(self, specs: list[api.JobSpec]) -> list[api.JobView]:
+        """Submit several jobs, in as many requests as the server's size limit needs."""
+        views: list[api.JobView] = []
+        for start in range(0, len(specs), api.MAX_JOBS_PER_REQUEST):
+            chunk = specs[start : start + api.MAX_JOBS_PER_REQUEST]
+            body = api.BulkSubmit(jobs=chunk)
+            views += (await self._request("POST", "/jobs", api.SubmitResponse, body=body)).jobs
+        return views
+
+    async def job(self, job_id: str) -> api.JobView:
+        """One job, with its event history (strongly consistent)."""
+        return await self._request("GET", _job_path(job_id), api.JobView)
+
+    async def cancel(self, job_id: str) -> api.JobView:
+        """Cancel a job that has not finished."""
+        return await self._request("DELETE", _job_path(job_id), api.JobView)
+
+    async def jobs(
+        self,
+        *,
+        org_id: str | None = None,
+        app_version_id: str | None = None,
+        status: JobStatus | None = None,
+        target: Target | None = None,
+        batch_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> api.JobPage:
+        """One page of the jobs that match every given filter, newest first."""
+        filters = {
+            "org_id": org_id,
+            "app_version_id": app_version_id,
+            "status": status,
+            "target": target,
+            "batch_id": batch_id,
+            "limit": limit,
+            "cursor": cursor,
+        }
+        params = {name: str(value) for name, value in filters.items() if value is not None}
+        return await self._request("GET", "/jobs", api.JobPage, params=params)
+
+    async def batches(self, limit: int) -> api.BatchPage:
+        """The most recently active batches."""
+        return await self._request("GET", "/batches", api.BatchPage, params={"limit": str(limit)})
+
+    async def queues(self) -> api.QueueView:
+        """Pending jobs per target and priority band, and the open batches."""
+        return await self._request("GET", "/queues", api.QueueView)
+
+    async def agents(self) -> api.AgentPage:
+        """Every registered agent."""
+        return await self._request("GET", "/agents", api.AgentPage)
+
+    async def health(self) -> api.Health:
+        """The orchestrator's view of its dependencies (answered with 503 when degraded)."""
+        return await self._request("GET", "/health", api.Health, accept=frozenset({503}))
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        answer: type[T],
+        *,
+        body: msgspec.Struct | None = None,
+        params: dict[str, str] | None = None,
+        accept: frozenset[int] = frozenset(),
+    ) -> T:
+        if self._session is None:
+            raise RuntimeError("ApiClient used outside `async with`")
+        url = f"{self.base_url}{path}"
+        kwargs: dict[str, Any] = {"params": params}
+        if body is not None:
+            kwargs["data"] = msgspec.json.encode(body)
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        try:
+            async with self._session.request(method, url, **kwargs) as response:
+                status, data = response.status, await response.read()
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ApiUnreachable(self.base_url) from exc
+        except aiohttp.ClientError as exc:
+            raise CliError(f"{method} {url} failed: {exc}") from exc
+        if not (200 <= status < 300 or status in accept):
+            raise _error_of(status, data, f"{method} {path}")
+        try:
+            return msgspec.json.decode(data, type=answer)
+        except msgspec.DecodeError as exc:
+            raise CliError(f"unexpected answer to {method} {url}: {exc}") from exc
+
+
+def _job_path(job_id: str) -> str:
+    return f"/jobs/{quote(job_id, safe='')}"
+
+
+def _error_of(status: int, data: bytes, request: str) -> ApiError:
+    """The server's `ErrorBody`, or a generic message when a proxy answered instead."""
+    try:
+        body = msgspec.json.decode(data, type=api.ErrorBody)
+    except msgspec.DecodeError:
+        return ApiError(status, f"{request} answered HTTP {status}")
+    return ApiError(status, body.error, body.field)

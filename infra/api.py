@@ -1,0 +1,168 @@
+"""HTTP request and response bodies, shared by the orchestrator and the CLI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from infra.events import JobStatus, Target
+
+PRIORITY_NAMES: dict[str, int] = {
+    "low": 1,
+    "normal": 3,
+    "medium": 3,
+    "high": 4,
+    "urgent": 5,
+    "critical": 5,
+}
+DEFAULT_PRIORITY = 3
+MAX_JOBS_PER_REQUEST = 1000
+
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+TestPath = Annotated[
+    str, Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_./@+-][A-Za-z0-9_./@+ -]*$")
+]
+PriorityNumber = Annotated[int, Meta(ge=1, le=5)]
+PriorityName = Literal["low", "normal", "medium", "high", "urgent", "critical"]
+
+
+def parse_priority(value: int | str) -> int:
+    """A priority 1-5 from a number or a name (`low`, `normal`/`medium`, `high`,
+    `urgent`/`critical`); raises ValueError otherwise."""
+    if isinstance(value, int):
+        number = value
+    elif value.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.strip().lower()]
+    elif value.strip().isdigit():
+        number = int(value)
+    else:
+        names = ", ".join(PRIORITY_NAMES)
+        raise ValueError(f"priority must be 1-5 or one of {names}, not {value!r}")
+    if not 1 <= number <= 5:
+        raise ValueError(f"priority must be between 1 and 5, not {number}")
+    return number
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One test to run: the body of `POST /jobs` (or one item of `jobs`)."""
+
+    org_id: Name
+    app_version_id: Name
+    test_path: TestPath
+    target: Target
+    priority: PriorityNumber | PriorityName = DEFAULT_PRIORITY
+    retries: Annotated[int, Meta(ge=0, le=10)] = 0
+    timeout_s: Annotated[float, Meta(gt=0, le=86_400)] = 600.0
+    idempotency_key: Name | None = None
+
+
+class BulkSubmit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Several jobs in one `POST /jobs`: `{"jobs": [...]}`."""
+
+    jobs: Annotated[list[JobSpec], Meta(min_length=1, max_length=MAX_JOBS_PER_REQUEST)]
+
+
+class JobView(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the API shows it."""
+
+    job_id: str
+    org_id: str
+    app_version_id: str
+    test_path: str
+    target: Target
+    priority: int
+    status: JobStatus
+    batch_id: str
+    attempt: int
+    retries: int
+    timeout_s: float
+    submitted_at: datetime
+    idempotency_key: str | None = None
+    agent_id: str | None = None
+    assigned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    reason: str | None = None
+    log_ref: str | None = None
+    events: list[str] = []
+    """Event types on the job's subject, oldest first (only from `GET /jobs/{id}`)."""
+
+
+class SubmitResponse(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[JobView]
+
+
+class JobPage(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[JobView]
+    next_cursor: str | None = None
+
+
+class BatchView(msgspec.Struct, frozen=True, kw_only=True):
+    batch_id: str
+    org_id: str
+    app_version_id: str
+    target: Target
+    created_at: datetime
+    installs: int
+    jobs: int
+    pending: int
+    active: int
+    passed: int
+    failed: int
+    other: int
+    """Cancelled, dead or errored jobs."""
+    top_priority: int | None = None
+    """Highest priority among pending jobs."""
+    last_agent_id: str | None = None
+
+
+class BatchPage(msgspec.Struct, frozen=True, kw_only=True):
+    batches: list[BatchView]
+
+
+class QueueBand(msgspec.Struct, frozen=True, kw_only=True):
+    target: Target
+    priority: int
+    pending: int
+    oldest_submitted_at: datetime | None = None
+
+
+class QueueView(msgspec.Struct, frozen=True, kw_only=True):
+    bands: list[QueueBand]
+    open_batches: list[BatchView]
+    running: int
+
+
+class AgentView(msgspec.Struct, frozen=True, kw_only=True):
+    agent_id: str
+    targets: list[Target]
+    runner: str
+    hostname: str
+    status: str
+    registered_at: datetime
+    last_event_at: datetime
+    batch_id: str | None
+    jobs_run: int
+    installs: int
+
+
+class AgentPage(msgspec.Struct, frozen=True, kw_only=True):
+    agents: list[AgentView]
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "degraded"]
+    nats: bool
+    database: bool
+    projector_lag: int | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Every non-2xx answer: what went wrong and, for bad input, which field."""
+
+    error: str
+    field: str | None = None

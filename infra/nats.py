@@ -1,0 +1,76 @@
+"""NATS connection and the JetStream streams and consumers qgjob declares."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import nats
+from nats.js import api
+
+from infra import events as ev
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+DUPLICATE_WINDOW_S = 120.0
+BANDS = (5, 4, 3, 2, 1)
+
+
+async def connect(url: str, name: str) -> Client:
+    """Connect with reconnects that outlast a nats-server restart."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+async def declare_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create or update QG_EVENTS (the log) and QG_WORK (dispatch tickets)."""
+    events = api.StreamConfig(
+        name=ev.EVENTS_STREAM,
+        subjects=[ev.EVENT_SUBJECTS],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        allow_direct=True,
+        num_replicas=replicas,
+    )
+    work = api.StreamConfig(
+        name=ev.WORK_STREAM,
+        subjects=[ev.WORK_SUBJECTS],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+    for config in (events, work):
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+
+def work_consumer_name(target: ev.Target, band: int) -> str:
+    return f"work-{target.value}-p{band}"
+
+
+async def declare_work_consumers(js: JetStreamContext, ack_wait_s: float) -> None:
+    """One durable pull consumer per target and band, shared by every agent serving it."""
+    for target in ev.Target:
+        for band in BANDS:
+            await js.add_consumer(
+                ev.WORK_STREAM,
+                api.ConsumerConfig(
+                    durable_name=work_consumer_name(target, band),
+                    filter_subject=ev.work_subject(target, band),
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    ack_wait=ack_wait_s,
+                    max_deliver=-1,
+                    max_ack_pending=-1,
+                ),
+            )

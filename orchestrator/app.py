@@ -1,0 +1,49 @@
+"""Composition root of the orchestrator: builds the real adapters and runs the API and
+the claim service until asked to stop."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+
+from infra import db, embedded
+from infra import nats as qnats
+from infra.eventlog import EventLog
+from orchestrator import http
+from orchestrator.claims import ClaimServer
+from orchestrator.service import JobService
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from infra.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event) -> None:
+    """Serve the HTTP API and claims until `stop` is set; shut down in reverse order."""
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await qnats.connect(servers.nats_url, name="qgjob-orchestrator")
+        stack.push_async_callback(nc.drain)
+        js = nc.jetstream()
+        await qnats.declare_streams(js)
+        pool = await db.create_pool(servers.database_url)
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+        service = JobService(EventLog(js), pool)
+        claims = ClaimServer(nc, service)
+        await claims.start()
+        stack.push_async_callback(claims.stop)
+        runner = web.AppRunner(http.create_app(service, pool, nc), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.api_host, settings.api_port)
+        await site.start()
+        log.info("orchestrator_started", url=f"http://{settings.api_host}:{settings.api_port}")
+        await stop.wait()
+        log.info("orchestrator_stopping")

@@ -1,0 +1,159 @@
+"""Reads from the PostgreSQL read models (eventually consistent)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from infra import api, lifecycle
+from infra import events as ev
+
+if TYPE_CHECKING:
+    from infra import db
+
+JOBS_PROJECTION = "jobs"
+_JOB_FILTERS = ("org_id", "app_version_id", "status", "target", "batch_id")
+
+
+class JobFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Query parameters of `GET /jobs`."""
+
+    org_id: str | None = None
+    app_version_id: str | None = None
+    status: ev.JobStatus | None = None
+    target: ev.Target | None = None
+    batch_id: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
+    cursor: str | None = None
+
+
+def job_view(state: lifecycle.JobState, events: list[str] | None = None) -> api.JobView:
+    fields = msgspec.structs.asdict(state)
+    for private in ("test_failures", "version"):
+        fields.pop(private)
+    return api.JobView(**fields, events=events or [])
+
+
+async def list_jobs(conn: db.Connection, query: JobFilter) -> api.JobPage:
+    """Newest first; `cursor` continues where the previous page ended."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for name in _JOB_FILTERS:
+        value = getattr(query, name)
+        if value is not None:
+            args.append(str(value))
+            clauses.append(f"{name} = ${len(args)}")
+    if query.cursor is not None:
+        args.append(int(query.cursor))
+        clauses.append(f"submit_seq < ${len(args)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(query.limit + 1)
+    rows = await conn.fetch(
+        f"SELECT * FROM jobs {where} ORDER BY submit_seq DESC LIMIT ${len(args)}", *args
+    )
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = str(rows[-1]["submit_seq"]) if more and rows else None
+    return api.JobPage(jobs=[job_view(lifecycle.from_row(r)) for r in rows], next_cursor=cursor)
+
+
+async def job_by_idempotency_key(
+    conn: db.Connection, org_id: str, key: str
+) -> lifecycle.JobState | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2", org_id, key
+    )
+    return None if row is None else lifecycle.from_row(row)
+
+
+async def pending_in_batch(
+    conn: db.Connection, batch_id: str, limit: int
+) -> list[lifecycle.JobState]:
+    """Queued jobs of a batch in run order: priority first, then submission order."""
+    rows = await conn.fetch(
+        "SELECT * FROM jobs WHERE batch_id = $1 AND status = 'queued'"
+        " ORDER BY priority DESC, submit_seq LIMIT $2",
+        batch_id,
+        limit,
+    )
+    return [lifecycle.from_row(r) for r in rows]
+
+
+async def wait_for_checkpoint(pool: db.Pool, projection: str, seq: int, timeout_s: float) -> bool:
+    """Wait until `projection` has applied stream sequence `seq`; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.002
+    while True:
+        async with pool.acquire() as conn:
+            applied = await conn.fetchval(
+                "SELECT last_seq FROM checkpoints WHERE projection = $1", projection
+            )
+        if (applied or 0) >= seq:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+_BATCH_SELECT = """
+SELECT b.batch_id, b.org_id, b.app_version_id, b.target, b.created_at, b.installs,
+       b.last_agent_id,
+       count(j.job_id) AS jobs,
+       count(*) FILTER (WHERE j.status = 'queued') AS pending,
+       count(*) FILTER (WHERE j.status IN ('assigned', 'running')) AS active,
+       count(*) FILTER (WHERE j.status = 'passed') AS passed,
+       count(*) FILTER (WHERE j.status = 'failed') AS failed,
+       count(*) FILTER (WHERE j.status IN ('cancelled', 'dead', 'errored')) AS other,
+       max(j.priority) FILTER (WHERE j.status = 'queued') AS top_priority
+FROM batches b LEFT JOIN jobs j ON j.batch_id = b.batch_id
+"""
+
+
+def _batch_view(row: Any) -> api.BatchView:
+    return msgspec.convert(dict(row), api.BatchView)
+
+
+async def list_batches(
+    conn: db.Connection, limit: int, open_only: bool = False
+) -> list[api.BatchView]:
+    having = (
+        "HAVING count(*) FILTER (WHERE j.status IN ('queued', 'assigned', 'running')) > 0"
+        if open_only
+        else ""
+    )
+    rows = await conn.fetch(
+        f"{_BATCH_SELECT} GROUP BY b.batch_id {having} ORDER BY b.last_job_at DESC LIMIT $1",
+        limit,
+    )
+    return [_batch_view(r) for r in rows]
+
+
+async def queue(conn: db.Connection) -> api.QueueView:
+    rows = await conn.fetch(
+        "SELECT target, priority, count(*) AS pending, min(submitted_at) AS oldest_submitted_at"
+        " FROM jobs WHERE status = 'queued' GROUP BY target, priority"
+        " ORDER BY target, priority DESC"
+    )
+    running = await conn.fetchval(
+        "SELECT count(*) FROM jobs WHERE status IN ('assigned', 'running')"
+    )
+    return api.QueueView(
+        bands=[msgspec.convert(dict(r), api.QueueBand) for r in rows],
+        open_batches=await list_batches(conn, limit=100, open_only=True),
+        running=running,
+    )
+
+
+async def list_agents(conn: db.Connection) -> api.AgentPage:
+    rows = await conn.fetch("SELECT * FROM agents ORDER BY agent_id")
+    return api.AgentPage(agents=[msgspec.convert(dict(r), api.AgentView) for r in rows])
+
+
+async def projector_lag(conn: db.Connection, stream_last_seq: int) -> int:
+    """How far the slowest read model trails the stream (0 before any projector ran)."""
+    lowest = await conn.fetchval("SELECT min(last_seq) FROM checkpoints")
+    return 0 if lowest is None else max(0, stream_last_seq - lowest)

@@ -1,0 +1,124 @@
+"""The orchestrator's commands: submit, read, cancel and claim, each a guarded append."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from infra import api, lifecycle, rpc
+from infra import events as ev
+from infra.eventlog import ConcurrencyConflict, EventLog
+from orchestrator import domain, queries
+
+if TYPE_CHECKING:
+    from infra import db
+
+log = structlog.get_logger(__name__)
+
+CLAIM_LIMIT = 500
+CLAIM_CATCH_UP_S = 5.0
+_CANCEL_ATTEMPTS = 5
+
+
+class JobService:
+    """Validated commands in, acknowledged events out."""
+
+    def __init__(self, events: EventLog, pool: db.Pool) -> None:
+        self._events = events
+        self._pool = pool
+
+    async def submit(self, spec: api.JobSpec) -> tuple[api.JobView, bool]:
+        """Record one job; returns its view and whether it was newly created (False: the
+        idempotency key named an existing job)."""
+        event = domain.submit(spec, ev.utcnow())
+        try:
+            appended = await self._events.append(
+                event, msg_id=f"submit:{event.job_id}", expected_seq=0
+            )
+        except ConcurrencyConflict:
+            return await self.get(event.job_id), False  # an idempotent retry, past dedup
+        if appended.duplicate:
+            return await self.get(event.job_id), False
+        log.info(
+            "job_submitted",
+            job_id=event.job_id,
+            batch_id=event.batch_id,
+            org_id=event.org_id,
+            stream_seq=appended.seq,
+        )
+        return queries.job_view(lifecycle.start(event, appended.seq), ["job.submitted"]), True
+
+    async def submit_many(self, specs: list[api.JobSpec]) -> list[api.JobView]:
+        """Record several jobs with their appends in flight together, in request order."""
+        results = await asyncio.gather(*(self.submit(spec) for spec in specs))
+        return [view for view, _ in results]
+
+    async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[str]]:
+        if not domain.is_job_id(job_id):
+            raise domain.JobNotFound(job_id)
+        found = await self._events.read(ev.job_subject(job_id))
+        pairs = [(seq, e) for seq, e in found if isinstance(e, ev.JobEvent)]
+        state = lifecycle.fold(pairs)
+        if state is None:
+            raise domain.JobNotFound(job_id)
+        return state, [type(e).__struct_config__.tag for _, e in pairs]  # type: ignore[misc]
+
+    async def get(self, job_id: str) -> api.JobView:
+        """The job as its own subject says now (strongly consistent)."""
+        state, history = await self._fold(job_id)
+        return queries.job_view(state, history)
+
+    async def cancel(self, job_id: str) -> api.JobView:
+        for _ in range(_CANCEL_ATTEMPTS):
+            state, history = await self._fold(job_id)
+            event = domain.cancel(state, ev.utcnow())
+            try:
+                appended = await self._events.append(event, expected_seq=state.version)
+            except ConcurrencyConflict:
+                continue  # the job moved on while we decided: decide again
+            log.info("job_cancelled", job_id=job_id, stream_seq=appended.seq)
+            state = lifecycle.evolve(state, event, appended.seq)
+            return queries.job_view(state, [*history, "job.cancelled"])
+        raise domain.DomainError(f"job {job_id} keeps changing; try again")
+
+    async def claim(self, request: rpc.ClaimRequest) -> rpc.ClaimResponse:
+        """Assign the batch's pending jobs to the asking agent; when there are none, record
+        that the agent's ticket is spent so the grouping projector can issue the next."""
+        caught_up = await queries.wait_for_checkpoint(
+            self._pool, queries.JOBS_PROJECTION, request.as_of_seq, CLAIM_CATCH_UP_S
+        )
+        if not caught_up:
+            return rpc.ClaimResponse(jobs=[], error="read model is behind; try again")
+        async with self._pool.acquire() as conn:
+            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
+        assigned = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
+        jobs = [job for job in assigned if job is not None]
+        if not jobs:
+            await self._events.append(
+                ev.BatchDrained(
+                    at=ev.utcnow(),
+                    batch_id=request.batch_id,
+                    ticket=request.ticket,
+                    agent_id=request.agent_id,
+                )
+            )
+        log.info(
+            "batch_claimed",
+            batch_id=request.batch_id,
+            agent_id=request.agent_id,
+            jobs=len(jobs),
+            ticket=request.ticket,
+        )
+        return rpc.ClaimResponse(jobs=jobs)
+
+    async def _assign(
+        self, state: lifecycle.JobState, agent_id: ev.AgentId
+    ) -> rpc.ClaimedJob | None:
+        event = domain.assign(state, agent_id, ev.utcnow())
+        try:
+            appended = await self._events.append(event, expected_seq=state.version)
+        except ConcurrencyConflict:
+            return None  # cancelled or taken since the read model saw it
+        return rpc.ClaimedJob(state=lifecycle.evolve(state, event, appended.seq))

@@ -1,0 +1,139 @@
+"""The durable consumer loop every read model shares: fetch a batch of events, apply it
+and move the checkpoint in one transaction, then ack.
+
+The checkpoint in PostgreSQL is the truth: at start the consumer is (re)created to begin
+right after it, and events at or below it are skipped, so a crash between commit and
+ack neither loses nor double-applies an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+import nats.errors
+import structlog
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from infra import db
+from infra import events as ev
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+log = structlog.get_logger(__name__)
+
+Batch = Sequence[tuple[int, ev.Event]]
+
+
+class Projection(Protocol):
+    """A read model: folds events into its tables."""
+
+    name: str
+    filter_subject: str
+
+    async def apply(self, conn: db.Connection, events: Batch) -> None:
+        """Apply events (oldest first, all above the checkpoint) inside the caller's
+        transaction."""
+
+
+async def checkpoint(conn: db.Connection, name: str) -> int:
+    seq: int | None = await conn.fetchval(
+        "SELECT last_seq FROM checkpoints WHERE projection = $1", name
+    )
+    return seq or 0
+
+
+def decode_batch(msgs: Sequence[Msg], after: int) -> tuple[list[tuple[int, ev.Event]], int]:
+    """Decode messages above sequence `after`; returns the events and the highest sequence
+    seen. A malformed message is logged and skipped so that it never stops a projector."""
+    events: list[tuple[int, ev.Event]] = []
+    last = after
+    for msg in msgs:
+        seq = msg.metadata.sequence.stream
+        if seq <= after:
+            continue
+        last = max(last, seq)
+        try:
+            events.append((seq, ev.decode(msg.data)))
+        except msgspec.DecodeError as exc:
+            log.warning("event_rejected", stream_seq=seq, subject=msg.subject, error=str(exc))
+    return events, last
+
+
+class ProjectionRunner:
+    """Keeps one projection up to date with QG_EVENTS."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        pool: db.Pool,
+        projection: Projection,
+        *,
+        durable: str | None = None,
+        batch_size: int = 1000,
+    ) -> None:
+        self._js = js
+        self._pool = pool
+        self._projection = projection
+        self._durable = durable or f"proj-{projection.name}"
+        self._batch_size = batch_size
+        self.position = 0
+        """The last stream sequence applied (the checkpoint)."""
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        async with self._pool.acquire() as conn:
+            self.position = await checkpoint(conn, self._projection.name)
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(ev.EVENTS_STREAM, self._durable)
+        config = api.ConsumerConfig(
+            durable_name=self._durable,
+            filter_subject=self._projection.filter_subject,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.position + 1,
+            ack_policy=api.AckPolicy.ALL,
+            ack_wait=60,
+            max_ack_pending=-1,
+        )
+        await self._js.add_consumer(ev.EVENTS_STREAM, config)
+        return await self._js.pull_subscribe_bind(self._durable, ev.EVENTS_STREAM)
+
+    async def _apply(self, msgs: Sequence[Msg]) -> None:
+        name = self._projection.name
+        async with self._pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE", name
+            )
+            events, last = decode_batch(msgs, current or 0)
+            if last > (current or 0):
+                await self._projection.apply(conn, events)
+                await conn.execute(
+                    "INSERT INTO checkpoints VALUES ($1, $2) ON CONFLICT (projection)"
+                    " DO UPDATE SET last_seq = EXCLUDED.last_seq",
+                    name,
+                    last,
+                )
+            self.position = max(last, current or 0)
+
+    async def run(self, stop: asyncio.Event, *, catch_up: bool = False) -> None:
+        """Apply events until `stop` is set; with `catch_up`, return once every event
+        stored when the call began has been applied (a replay)."""
+        sub = await self._subscribe()
+        try:
+            while not stop.is_set():
+                if catch_up and (await sub.consumer_info()).num_pending == 0:
+                    return
+                try:
+                    msgs = await sub.fetch(self._batch_size, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                await self._apply(msgs)
+                await msgs[-1].ack()
+        finally:
+            await sub.unsubscribe()

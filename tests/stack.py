@@ -1,0 +1,109 @@
+"""An in-process qgjob stack for tests and benchmarks: orchestrator, projectors and
+simulated agents as tasks on the test's event loop, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+
+from agent import app as agent_app
+from agent.runners.simulated import SimulatedConfig
+from agent.worker import AgentConfig
+from infra import api, embedded, settings
+from infra import events as ev
+from infra.events import TERMINAL_STATUSES
+from orchestrator import app as orchestrator_app
+from projections import app as projections_app
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+class Stack:
+    """A running stack and a small HTTP client for it."""
+
+    def __init__(self, api_url: str, session: aiohttp.ClientSession) -> None:
+        self.api_url = api_url
+        self.session = session
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else msgspec.json.encode(body)
+        async with self.session.request(
+            method, self.api_url + path, data=data, headers={"Content-Type": "application/json"}
+        ) as response:
+            return response.status, msgspec.json.decode(await response.read())
+
+    async def submit(self, **fields: Any) -> api.JobView:
+        spec = {"org_id": "qualgent", "target": "emulator", **fields}
+        status, body = await self.request("POST", "/jobs", spec)
+        assert status in (200, 201), body
+        return msgspec.convert(body, api.JobView)
+
+    async def job(self, job_id: str) -> api.JobView:
+        status, body = await self.request("GET", f"/jobs/{job_id}")
+        assert status == 200, body
+        return msgspec.convert(body, api.JobView)
+
+    async def wait_all(self, job_ids: list[str], timeout_s: float = 60.0) -> list[api.JobView]:
+        """Poll until every job is terminal; fails the test after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                views = [await self.job(job_id) for job_id in job_ids]
+                if all(v.status in TERMINAL_STATUSES for v in views):
+                    return views
+                await asyncio.sleep(0.05)
+
+
+def simulated_agents(
+    count: int,
+    targets: tuple[ev.Target, ...] = (ev.Target.EMULATOR,),
+    runner: SimulatedConfig | None = None,
+    prefix: str = "agent",
+) -> list[tuple[AgentConfig, agent_app.Runner]]:
+    config = runner or SimulatedConfig(install_s=0.05, test_s=0.01, fail_rate=0.0, seed=7)
+    return [
+        (
+            AgentConfig(agent_id=ev.AgentId(f"{prefix}-{i}"), targets=targets),
+            agent_app.simulated_runner(config, i),
+        )
+        for i in range(count)
+    ]
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    servers: embedded.Servers,
+    agents: list[tuple[AgentConfig, agent_app.Runner]],
+    *,
+    with_projectors: bool = True,
+) -> AsyncIterator[Stack]:
+    """Start the components, wait for the API, yield; stop them all on exit."""
+    port = embedded.free_port()
+    config = msgspec.structs.replace(settings.Settings(), api_port=port)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(orchestrator_app.run(config, servers, stop))]
+    if with_projectors:
+        tasks.append(asyncio.create_task(projections_app.run(config, servers, stop)))
+    async with aiohttp.ClientSession() as session:
+        stack = Stack(f"http://127.0.0.1:{port}", session)
+        async with asyncio.timeout(30):
+            while True:
+                for task in tasks:
+                    if task.done():
+                        task.result()
+                with contextlib.suppress(aiohttp.ClientError):
+                    status, _ = await stack.request("GET", "/health")
+                    if status == 200:
+                        break
+                await asyncio.sleep(0.05)
+        if agents:
+            tasks.append(asyncio.create_task(agent_app.run(servers, agents, stop)))
+        try:
+            yield stack
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
