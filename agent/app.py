@@ -35,7 +35,7 @@ async def run(
     """Run the given agents until `stop` is set."""
     async with contextlib.AsyncExitStack() as stack:
         nc = await qnats.connect(servers.nats_url, name="qgjob-agent")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(qnats.close, nc)
         events = EventLog(nc.jetstream())
         async with asyncio.TaskGroup() as tasks:
             for config, runner in agents:

@@ -63,7 +63,8 @@ class TicketSource:
                     msgs = await sub.fetch(1, timeout=0.5)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue  # another agent took it first
-                return msgs[0]
+                if msgs:
+                    return msgs[0]
         return None
 
     async def next(self, stop: asyncio.Event) -> Msg | None:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -125,10 +126,15 @@ class Postgres:
 
 def start_postgres(data_dir: Path) -> Postgres:
     """Start (or reuse) the PostgreSQL server whose data lives in `data_dir`."""
-    from pgserver.postgres_server import get_server
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from pgserver.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    handle = get_server(data_dir.resolve(), cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # pgserver falls back to /tmp when XDG_RUNTIME_DIR is unset, and says so.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        handle = get_server(data_dir.resolve(), cleanup_mode="stop")
     server = Postgres(handle=handle, data_dir=data_dir)
     log.info("postgres_started", data_dir=str(data_dir), pid=server.pid)
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import nats
+import nats.errors
 from nats.js import api
 
 from infra import events as ev
@@ -27,6 +28,15 @@ async def connect(url: str, name: str) -> Client:
         connect_timeout=5,
         allow_reconnect=True,
     )
+
+
+async def close(nc: Client) -> None:
+    """Drain the connection (finish in-flight messages), or just close it when the server
+    is gone: shutting down must not fail because NATS already did."""
+    try:
+        await nc.drain()
+    except (nats.errors.Error, TimeoutError):
+        await nc.close()
 
 
 async def declare_streams(js: JetStreamContext, replicas: int = 1) -> None:
@@ -53,6 +63,23 @@ async def declare_streams(js: JetStreamContext, replicas: int = 1) -> None:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
             await js.update_stream(config)
+
+
+PROJECTION_CONSUMER_PREFIX = "proj-"
+
+
+def projection_consumer_name(projection: str) -> str:
+    """The durable consumer of a read-model projector on QG_EVENTS."""
+    return f"{PROJECTION_CONSUMER_PREFIX}{projection}"
+
+
+async def projector_lag(js: JetStreamContext) -> int:
+    """Events stored but not yet applied by the slowest read-model projector."""
+    lag = 0
+    for info in await js.consumers_info(ev.EVENTS_STREAM):
+        if info.name.startswith(PROJECTION_CONSUMER_PREFIX):
+            lag = max(lag, (info.num_pending or 0) + (info.num_ack_pending or 0))
+    return lag
 
 
 def work_consumer_name(target: ev.Target, band: int) -> str:

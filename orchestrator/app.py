@@ -28,7 +28,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
     """Serve the HTTP API and claims until `stop` is set; shut down in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
         nc = await qnats.connect(servers.nats_url, name="qgjob-orchestrator")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(qnats.close, nc)
         js = nc.jetstream()
         await qnats.declare_streams(js)
         pool = await db.create_pool(servers.database_url)

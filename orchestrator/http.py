@@ -11,6 +11,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from infra import api, db
+from infra import nats as qnats
 from infra.eventlog import EventLogError
 from orchestrator import domain, queries
 from orchestrator.service import JobService
@@ -125,15 +126,19 @@ async def get_agents(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    nats_ok = request.app[NATS].is_connected
+    nc = request.app[NATS]
     lag: int | None = None
     try:
-        stream = await request.app[NATS].jetstream().stream_info("QG_EVENTS")
+        lag = await qnats.projector_lag(nc.jetstream())
+    except Exception:
+        log.warning("health_nats_failed", exc_info=True)
+    try:
         async with request.app[POOL].acquire() as conn:
-            lag = await queries.projector_lag(conn, stream.state.last_seq)
+            await conn.fetchval("SELECT 1")
         db_ok = True
-    except Exception:  # noqa: BLE001 - health reports failure, it does not raise
+    except Exception:  # noqa: BLE001
         db_ok = False
+    nats_ok = nc.is_connected and lag is not None
     status: Literal["ok", "degraded"] = "ok" if nats_ok and db_ok else "degraded"
     health = api.Health(status=status, nats=nats_ok, database=db_ok, projector_lag=lag)
     return _json(health, 200 if status == "ok" else 503)

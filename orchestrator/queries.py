@@ -151,9 +151,3 @@ async def queue(conn: db.Connection) -> api.QueueView:
 async def list_agents(conn: db.Connection) -> api.AgentPage:
     rows = await conn.fetch("SELECT * FROM agents ORDER BY agent_id")
     return api.AgentPage(agents=[msgspec.convert(dict(r), api.AgentView) for r in rows])
-
-
-async def projector_lag(conn: db.Connection, stream_last_seq: int) -> int:
-    """How far the slowest read model trails the stream (0 before any projector ran)."""
-    lowest = await conn.fetchval("SELECT min(last_seq) FROM checkpoints")
-    return 0 if lowest is None else max(0, stream_last_seq - lowest)

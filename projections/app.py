@@ -32,7 +32,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
     """Run every projector until `stop` is set; a crashed projector stops them all."""
     async with contextlib.AsyncExitStack() as stack:
         nc = await qnats.connect(servers.nats_url, name="qgjob-projector")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(qnats.close, nc)
         js = nc.jetstream()
         await qnats.declare_streams(js)
         await qnats.declare_work_consumers(js, settings.ticket_ack_wait_s)

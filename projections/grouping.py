@@ -54,14 +54,16 @@ class Grouping:
         self.batches: dict[str, BatchState] = {}
         self._open_jobs: dict[str, tuple[BatchState, int]] = {}
         """Unfinished job id -> (its batch, its priority)."""
+        self.job_position = 0
+        """Sequence of the last job event folded: a ticket's `as_of_seq`, because the
+        `jobs` read model (which claims read) only ever advances on job events."""
 
-    def _issue(self, batch: BatchState, seq: int) -> ev.WorkTicket:
+    def _issue(self, batch: BatchState) -> ev.WorkTicket:
         batch.ticket += 1
         batch.ticket_live = True
-        return self.ticket_of(batch, seq)
+        return self.ticket_of(batch)
 
-    @staticmethod
-    def ticket_of(batch: BatchState, seq: int) -> ev.WorkTicket:
+    def ticket_of(self, batch: BatchState) -> ev.WorkTicket:
         return ev.WorkTicket(
             batch_id=batch.batch_id,
             org_id=batch.org_id,
@@ -69,16 +71,18 @@ class Grouping:
             target=batch.target,
             band=batch.band,
             ticket=batch.ticket,
-            as_of_seq=seq,
+            as_of_seq=self.job_position,
         )
 
-    def _pend(self, job_id: str, seq: int) -> ev.WorkTicket | None:
+    def _pend(self, job_id: str) -> ev.WorkTicket | None:
         batch, priority = self._open_jobs[job_id]
         batch.pending[job_id] = priority
-        return None if batch.ticket_live else self._issue(batch, seq)
+        return None if batch.ticket_live else self._issue(batch)
 
     def apply(self, seq: int, event: ev.Event) -> ev.WorkTicket | None:
         """Fold one event; returns the ticket to publish, if the event calls for one."""
+        if isinstance(event, ev.JobEvent):
+            self.job_position = seq
         match event:
             case ev.JobSubmitted():
                 batch = self.batches.get(event.batch_id)
@@ -87,10 +91,10 @@ class Grouping:
                         event.batch_id, event.org_id, event.app_version_id, event.target
                     )
                 self._open_jobs[event.job_id] = (batch, event.priority)
-                return self._pend(event.job_id, seq)
+                return self._pend(event.job_id)
             case ev.JobRetried() | ev.JobReleased():
                 if event.job_id in self._open_jobs:
-                    return self._pend(event.job_id, seq)
+                    return self._pend(event.job_id)
             case ev.JobAssigned():
                 if event.job_id in self._open_jobs:
                     self._open_jobs[event.job_id][0].pending.pop(event.job_id, None)
@@ -104,14 +108,12 @@ class Grouping:
                     return None  # a stale ticket was spent: the live one is untouched
                 batch.ticket_live = False
                 if batch.pending:
-                    return self._issue(batch, seq)
+                    return self._issue(batch)
         return None
 
-    def live_tickets(self, seq: int) -> list[ev.WorkTicket]:
+    def live_tickets(self) -> list[ev.WorkTicket]:
         """Tickets that should exist now for batches with pending jobs."""
-        return [
-            self.ticket_of(b, seq) for b in self.batches.values() if b.ticket_live and b.pending
-        ]
+        return [self.ticket_of(b) for b in self.batches.values() if b.ticket_live and b.pending]
 
 
 class GroupingProjector:
@@ -155,7 +157,7 @@ class GroupingProjector:
             while not stop.is_set():
                 if not live and self.position >= caught_up_at:
                     live = True
-                    for ticket in self.grouping.live_tickets(self.position):
+                    for ticket in self.grouping.live_tickets():
                         await self._publish(ticket)
                     log.info("grouping_rebuilt", stream_seq=self.position)
                 try:

@@ -9,7 +9,7 @@ ack neither loses nor double-applies an event.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from infra import db
 from infra import events as ev
+from infra import nats as qnats
 
 if TYPE_CHECKING:
     import asyncio
@@ -78,12 +79,14 @@ class ProjectionRunner:
         *,
         durable: str | None = None,
         batch_size: int = 1000,
+        on_applied: Callable[[int], None] | None = None,
     ) -> None:
         self._js = js
         self._pool = pool
         self._projection = projection
-        self._durable = durable or f"proj-{projection.name}"
+        self._durable = durable or qnats.projection_consumer_name(projection.name)
         self._batch_size = batch_size
+        self._on_applied = on_applied
         self.position = 0
         """The last stream sequence applied (the checkpoint)."""
 
@@ -120,6 +123,8 @@ class ProjectionRunner:
                     last,
                 )
             self.position = max(last, current or 0)
+        if self._on_applied is not None:
+            self._on_applied(self.position)
 
     async def run(self, stop: asyncio.Event, *, catch_up: bool = False) -> None:
         """Apply events until `stop` is set; with `catch_up`, return once every event
@@ -132,6 +137,8 @@ class ProjectionRunner:
                 try:
                     msgs = await sub.fetch(self._batch_size, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                if not msgs:
                     continue
                 await self._apply(msgs)
                 await msgs[-1].ack()

@@ -22,6 +22,8 @@ from projections import app as projections_app
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from agent.runners import Runner
+
 
 class Stack:
     """A running stack and a small HTTP client for it."""
@@ -57,13 +59,22 @@ class Stack:
                     return views
                 await asyncio.sleep(0.05)
 
+    async def settled(self, timeout_s: float = 10.0) -> None:
+        """Wait until every read-model projector has applied every stored event."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                _, health = await self.request("GET", "/health")
+                if health["projector_lag"] == 0:
+                    return
+                await asyncio.sleep(0.05)
+
 
 def simulated_agents(
     count: int,
     targets: tuple[ev.Target, ...] = (ev.Target.EMULATOR,),
     runner: SimulatedConfig | None = None,
     prefix: str = "agent",
-) -> list[tuple[AgentConfig, agent_app.Runner]]:
+) -> list[tuple[AgentConfig, Runner]]:
     config = runner or SimulatedConfig(install_s=0.05, test_s=0.01, fail_rate=0.0, seed=7)
     return [
         (
@@ -77,7 +88,7 @@ def simulated_agents(
 @contextlib.asynccontextmanager
 async def running_stack(
     servers: embedded.Servers,
-    agents: list[tuple[AgentConfig, agent_app.Runner]],
+    agents: list[tuple[AgentConfig, Runner]],
     *,
     with_projectors: bool = True,
 ) -> AsyncIterator[Stack]:

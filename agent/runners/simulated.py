@@ -4,6 +4,7 @@ for demos and benchmarks. Seeded, so a run is reproducible."""
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import random
 import time
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ class SimulatedConfig(msgspec.Struct, frozen=True, kw_only=True):
     jitter: float = 0.2
     """Durations vary by up to this fraction either way."""
     fail_rate: float = 0.1
+    fail_glob: str = "*fail*"
+    """Tests whose path matches always fail, so a demo or a test can ask for a failure."""
     install_fail_rate: float = 0.0
     seed: int | None = None
 
@@ -48,7 +51,8 @@ class SimulatedRunner:
         started = time.monotonic()
         await asyncio.sleep(min(self._duration(self._config.test_s), job.timeout_s))
         duration = time.monotonic() - started
-        if self._random.random() < self._config.fail_rate:
+        doomed = fnmatch.fnmatch(job.test_path, self._config.fail_glob)
+        if doomed or self._random.random() < self._config.fail_rate:
             return TestOutcome(
                 passed=False, duration_s=duration, reason="simulated assertion failed"
             )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from infra import embedded
+from typing import TYPE_CHECKING
+
 from tests.stack import running_stack, simulated_agents
+
+if TYPE_CHECKING:
+    from infra import embedded
 
 
 async def test_jobs_of_one_build_share_one_install(qg_servers: embedded.Servers) -> None:
     async with running_stack(qg_servers, simulated_agents(1)) as stack:
-        first = [await stack.submit(app_version_id="v1", test_path=f"tests/a{i}.spec.js")
-                 for i in range(3)]
+        first = [
+            await stack.submit(app_version_id="v1", test_path=f"tests/a{i}.spec.js")
+            for i in range(3)
+        ]
         other = await stack.submit(app_version_id="v2", test_path="tests/b.spec.js")
         views = await stack.wait_all([j.job_id for j in [*first, other]])
         assert [v.status for v in views] == ["passed"] * 4

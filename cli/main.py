@@ -1,0 +1,364 @@
+"""The `qgjob` command line: submit test jobs, follow them and inspect the queues.
+
+Client commands are registered here; `cli/stack.py` adds the commands that run the
+stack itself (`serve`, `project`, `agent`, `up`) with `from cli.main import app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console, RenderableType
+
+from cli import render, waiting
+from cli.client import ApiClient, CliError
+from infra import api, settings
+from infra.events import JobStatus, Target
+
+E = TypeVar("E", bound=enum.StrEnum)
+S = TypeVar("S", bound=msgspec.Struct)
+Work = Callable[[ApiClient], Coroutine[Any, Any, int]]
+
+app = typer.Typer(
+    name="qgjob",
+    help="Run AppWright test jobs, grouped by app build so that each device installs once.",
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+jobs_app = typer.Typer(help="List and cancel jobs.", no_args_is_help=True)
+queue_app = typer.Typer(help="What is waiting to run.", no_args_is_help=True)
+agents_app = typer.Typer(help="The agents that run tests.", no_args_is_help=True)
+batches_app = typer.Typer(help="Jobs grouped by org, app build and target.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(queue_app, name="queue")
+app.add_typer(agents_app, name="agents")
+app.add_typer(batches_app, name="batches")
+
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url",
+        envvar="QG_API_URL",
+        show_default=False,
+        help="Base URL of the qgjob API (default: http://127.0.0.1:8420, or port $QG_API_PORT).",
+    ),
+]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="QG_TOKEN", help="Bearer token for the API.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+WaitTimeout = Annotated[
+    float, typer.Option("--timeout", help="Give up waiting after this many seconds (exit 2).")
+]
+PollInterval = Annotated[float, typer.Option(help="Seconds between two polls of a job.")]
+
+_SPEC_DEFAULTS = {field.name: field.default for field in msgspec.structs.fields(api.JobSpec)}
+_WAIT_TIMEOUT_S = 300.0
+_POLL_INTERVAL_S = 0.5
+
+
+def fail(message: str) -> NoReturn:
+    """Print `qgjob: error: <message>` as one line on stderr and exit 2."""
+    typer.echo(f"qgjob: error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(waiting.EXIT_ERROR)
+
+
+def run(api_url: str | None, token: str | None, work: Work) -> None:
+    """Run `work` with an API client and exit with its code; a CliError exits 2 in one line."""
+    try:
+        code = asyncio.run(_with_client(api_url, token, work))
+    except CliError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+async def _with_client(api_url: str | None, token: str | None, work: Work) -> int:
+    async with ApiClient(api_url or _default_api_url(), token) as client:
+        return await work(client)
+
+
+def _default_api_url() -> str:
+    try:
+        return settings.from_env().api_url
+    except ValueError as exc:
+        raise CliError(f"bad QG_* environment variable: {exc}") from exc
+
+
+def _choice(kind: type[E], option: str, value: str) -> E:
+    """The member of `kind` named `value`, or a CliError naming the option and the choices."""
+    try:
+        return kind(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)
+        raise CliError(f"{option} must be one of {choices}, not {value!r}") from None
+
+
+def _priority(value: str) -> int:
+    try:
+        return api.parse_priority(value)
+    except ValueError as exc:
+        raise CliError(f"--priority: {exc}") from None
+
+
+@app.command()
+def submit(
+    org_id: Annotated[str, typer.Option(help="Organisation that owns the app.")],
+    app_version_id: Annotated[str, typer.Option(help="The app build to test.")],
+    tests: Annotated[list[str], typer.Option("--test", help="Test file; repeat for several.")],
+    target: Annotated[
+        str, typer.Option(metavar="emulator|device|browserstack", help="Where the tests run.")
+    ],
+    priority: Annotated[
+        str, typer.Option(help="1-5, or low, normal/medium, high, urgent/critical.")
+    ] = "normal",
+    retries: Annotated[
+        int, typer.Option(help="Extra runs allowed for a failing (flaky) test.")
+    ] = _SPEC_DEFAULTS["retries"],
+    timeout_s: Annotated[
+        float, typer.Option(help="Time limit of each test run, in seconds.")
+    ] = _SPEC_DEFAULTS["timeout_s"],
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Submitting again with this key returns the same job(s); KEY:N per test."
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the jobs; see `wait`.")] = False,
+    timeout: WaitTimeout = _WAIT_TIMEOUT_S,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Submit one job per --test and print the job ids, one per line.
+
+    With --wait, progress and the summary go to stderr, and the exit codes are those of
+    `qgjob wait`.
+    """
+
+    async def work(client: ApiClient) -> int:
+        template = api.JobSpec(
+            org_id=org_id,
+            app_version_id=app_version_id,
+            test_path=tests[0],
+            target=_choice(Target, "--target", target),
+            priority=_priority(priority),
+            retries=retries,
+            timeout_s=timeout_s,
+        )
+        keys = _idempotency_keys(idempotency_key, len(tests))
+        specs = [
+            msgspec.structs.replace(template, test_path=test, idempotency_key=key)
+            for test, key in zip(tests, keys, strict=True)
+        ]
+        single = len(specs) == 1
+        jobs = [await client.submit(specs[0])] if single else await client.submit_many(specs)
+        if not json_output:
+            for job in jobs:
+                typer.echo(job.job_id)
+        if wait:
+            ids = [job.job_id for job in jobs]
+            return await _wait(
+                client,
+                ids,
+                wait_s=timeout,
+                poll_s=_POLL_INTERVAL_S,
+                json_output=json_output,
+                single=single,
+                to=render.err,
+            )
+        if json_output:
+            render.print_json(jobs[0] if single else jobs)
+        return waiting.EXIT_PASSED
+
+    run(api_url, token, work)
+
+
+def _idempotency_keys(key: str | None, count: int) -> list[str | None]:
+    """The key itself for one test; `KEY:0`, `KEY:1`, ... for several."""
+    if key is None or count == 1:
+        return [key] * count
+    return [f"{key}:{index}" for index in range(count)]
+
+
+async def _wait(
+    client: ApiClient,
+    job_ids: list[str],
+    *,
+    wait_s: float,
+    poll_s: float,
+    json_output: bool,
+    single: bool = False,
+    to: Console = render.out,
+) -> int:
+    """Wait for the jobs, print their outcome and return the exit code of `wait`.
+
+    `single` prints a JSON object rather than a list; `to` is where the summary table goes.
+    """
+    with render.Progress() as progress:
+        outcome = await waiting.wait_for(
+            client,
+            job_ids,
+            timeout_s=wait_s,
+            poll_s=poll_s,
+            on_progress=lambda jobs: progress.update(render.progress_line(jobs)),
+        )
+    if json_output:
+        render.print_json(outcome.jobs[0] if single and outcome.jobs else outcome.jobs)
+    elif outcome.jobs:
+        to.print(render.summary_table(outcome.jobs))
+    if outcome.unfinished:
+        raise CliError(f"timed out after {wait_s:g} s waiting for {outcome.unfinished} job(s)")
+    return waiting.exit_code(outcome.jobs)
+
+
+@app.command()
+def wait(
+    job_ids: Annotated[list[str], typer.Argument(metavar="JOB_ID", help="Jobs to wait for.")],
+    timeout: WaitTimeout = _WAIT_TIMEOUT_S,
+    poll_interval: PollInterval = _POLL_INTERVAL_S,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Wait until every job has finished, then show how each ended.
+
+    Exit codes: 0 every job passed; 1 a test failed; 2 a job was cancelled or dead (no test
+    verdict), the wait timed out, or an error occurred (such as an unknown job id).
+    """
+    if poll_interval <= 0:
+        fail(f"--poll-interval must be more than 0 seconds, not {poll_interval:g}")
+
+    async def work(client: ApiClient) -> int:
+        return await _wait(
+            client, job_ids, wait_s=timeout, poll_s=poll_interval, json_output=json_output
+        )
+
+    run(api_url, token, work)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="The job to show.")] = None,
+    job_id_option: Annotated[
+        str | None, typer.Option("--job-id", help="The job to show (same as the argument).")
+    ] = None,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Show one job: its state, where it ran, its timings and its event history."""
+    if job_id and job_id_option and job_id != job_id_option:
+        fail("give the job id once, as an argument or with --job-id")
+    wanted = job_id or job_id_option
+    if not wanted:
+        fail("which job? give a job id: qgjob status JOB_ID")
+    _show(api_url, token, lambda client: client.job(wanted), render.job_detail, json_output)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    org_id: Annotated[str | None, typer.Option(help="Only this organisation's jobs.")] = None,
+    app_version_id: Annotated[str | None, typer.Option(help="Only jobs of this build.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only jobs in this state (queued, running, passed...).")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(metavar="emulator|device|browserstack", help="Only this target.")
+    ] = None,
+    batch_id: Annotated[str | None, typer.Option(help="Only jobs of this batch.")] = None,
+    limit: Annotated[int, typer.Option(help="Jobs per page (at most 500).")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Continue from a previous page.")] = None,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """List jobs, newest first."""
+
+    async def fetch(client: ApiClient) -> api.JobPage:
+        return await client.jobs(
+            org_id=org_id,
+            app_version_id=app_version_id,
+            status=None if status is None else _choice(JobStatus, "--status", status),
+            target=None if target is None else _choice(Target, "--target", target),
+            batch_id=batch_id,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    _show(api_url, token, fetch, render.jobs_view, json_output)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="The job to cancel.")],
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Cancel a job that has not finished yet."""
+    _show(api_url, token, lambda client: client.cancel(job_id), render.job_detail, json_output)
+
+
+@queue_app.command("status")
+def queue_status(json_output: Json = False, api_url: ApiUrl = None, token: Token = None) -> None:
+    """Pending jobs per target and priority, the open batches, and how many jobs run."""
+    _show(api_url, token, ApiClient.queues, render.queue_view, json_output)
+
+
+@agents_app.command("list")
+def agents_list(json_output: Json = False, api_url: ApiUrl = None, token: Token = None) -> None:
+    """Every registered agent and what it is doing."""
+    _show(api_url, token, ApiClient.agents, render.agents_view, json_output)
+
+
+@batches_app.command("list")
+def batches_list(
+    limit: Annotated[int, typer.Option(help="How many batches, most recently active first.")] = 50,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Batches: the jobs of one org, app build and target, installed once per device."""
+    _show(api_url, token, lambda client: client.batches(limit), render.batches_view, json_output)
+
+
+@app.command()
+def health(json_output: Json = False, api_url: ApiUrl = None, token: Token = None) -> None:
+    """Check the API and its dependencies: exit 0 when ok, 1 when degraded, 2 if unreachable."""
+
+    async def work(client: ApiClient) -> int:
+        report = await client.health()
+        render.show(report, render.health_view, as_json=json_output)
+        return 0 if report.status == "ok" else 1
+
+    run(api_url, token, work)
+
+
+def _show(
+    api_url: str | None,
+    token: str | None,
+    fetch: Callable[[ApiClient], Awaitable[S]],
+    view: Callable[[S], RenderableType],
+    json_output: bool,
+) -> None:
+    """Fetch one thing from the API and print it (the body of every read-only command)."""
+
+    async def work(client: ApiClient) -> int:
+        render.show(await fetch(client), view, as_json=json_output)
+        return 0
+
+    run(api_url, token, work)
+
+
+def main() -> None:
+    """Entry point of the `qgjob` script."""
+    from cli import stack  # noqa: F401 - registers serve/project/agent/up on `app`
+
+    app(prog_name="qgjob")

@@ -1,0 +1,215 @@
+"""Commands that run qgjob itself: `serve`, `project`, `agent` and `up` (everything,
+on the embedded default). They only compose each package's `app.run()`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
+import aiohttp
+import msgspec
+import typer
+from rich.console import Console
+
+from agent import app as agent_app
+from agent.runners import Runner
+from agent.runners.simulated import SimulatedConfig
+from agent.worker import AgentConfig
+from cli import demo
+from cli.client import ApiClient
+from cli.main import app, fail
+from infra import embedded, settings
+from infra import events as ev
+from infra import logging as qlogging
+from orchestrator import app as orchestrator_app
+from projections import app as projections_app
+
+Port = Annotated[
+    int | None,
+    typer.Option(
+        "--port",
+        envvar="QG_API_PORT",
+        show_default=False,
+        help="HTTP port of the API (default 8420).",
+    ),
+]
+Targets = Annotated[
+    list[ev.Target],
+    typer.Option("--target", help="Target this agent serves; repeat for several."),
+]
+
+
+def _settings(port: int | None = None) -> settings.Settings:
+    config = settings.from_env()
+    if port is not None:
+        config = msgspec.structs.replace(config, api_port=port, api_url=f"http://127.0.0.1:{port}")
+    return config
+
+
+def _external_servers(config: settings.Settings, *, need_database: bool = True) -> embedded.Servers:
+    if config.nats_url is None or (need_database and config.database_url is None):
+        fail(
+            "set QG_NATS_URL and QG_DATABASE_URL to run one component on its own; "
+            "`qgjob up` starts everything on embedded servers"
+        )
+    return embedded.Servers(nats_url=config.nats_url, database_url=config.database_url or "")
+
+
+def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)`; SIGINT or SIGTERM sets `stop`, and the process exits cleanly."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def _simulated_agents(
+    targets: list[ev.Target], slots: int, runner: SimulatedConfig, prefix: str
+) -> list[tuple[AgentConfig, Runner]]:
+    config = settings.from_env()
+    return [
+        (
+            AgentConfig(
+                agent_id=ev.AgentId(f"{prefix}-{slot + 1}"),
+                targets=tuple(targets),
+                max_attempts=config.max_attempts,
+                ticket_ack_wait_s=config.ticket_ack_wait_s,
+            ),
+            agent_app.simulated_runner(runner, slot),
+        )
+        for slot in range(slots)
+    ]
+
+
+@app.command()
+def serve(port: Port = None) -> None:
+    """Run the orchestrator (HTTP API, claim service) against QG_NATS_URL and QG_DATABASE_URL."""
+    config = _settings(port)
+    servers = _external_servers(config)
+    qlogging.configure(config.log_format)
+    _until_signalled(lambda stop: orchestrator_app.run(config, servers, stop))
+
+
+@app.command()
+def project() -> None:
+    """Run the grouping projector and the read-model projectors."""
+    config = _settings()
+    servers = _external_servers(config)
+    qlogging.configure(config.log_format)
+    _until_signalled(lambda stop: projections_app.run(config, servers, stop))
+
+
+@app.command()
+def agent(
+    target: Targets,
+    slots: Annotated[int, typer.Option(min=1, help="Device slots (agents) in this process.")] = 1,
+    name: Annotated[str, typer.Option(help="Agent id prefix.")] = socket.gethostname(),
+    install_s: Annotated[float, typer.Option(min=0, help="Simulated install time.")] = 2.0,
+    test_s: Annotated[float, typer.Option(min=0, help="Simulated test time.")] = 0.5,
+    fail_rate: Annotated[float, typer.Option(min=0, max=1, help="Simulated failure rate.")] = 0.0,
+) -> None:
+    """Run simulated agents serving the given targets (needs only QG_NATS_URL)."""
+    config = _settings()
+    servers = _external_servers(config, need_database=False)
+    qlogging.configure(config.log_format)
+    runner = SimulatedConfig(install_s=install_s, test_s=test_s, fail_rate=fail_rate)
+    agents = _simulated_agents(target, slots, runner, name)
+    _until_signalled(lambda stop: agent_app.run(servers, agents, stop))
+
+
+async def _wait_for_api(url: str, components: list[asyncio.Task[None]]) -> None:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+        while True:
+            for task in components:
+                if task.done():
+                    task.result()  # a component that died at start-up: raise its error
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/health") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+
+
+async def _up(
+    config: settings.Settings,
+    agents_per_target: int,
+    run_demo: bool,
+    exit_after_demo: bool,
+    stop: asyncio.Event,
+) -> None:
+    console = Console()
+    config.home.mkdir(parents=True, exist_ok=True)
+    log_path = config.home / "qgjob.log"
+    with log_path.open("a") as log_file:
+        qlogging.configure("json", logging.INFO, log_file)
+        async with embedded.servers(config.home, config.nats_url, config.database_url) as servers:
+            runner = SimulatedConfig(install_s=1.5, test_s=0.4, fail_rate=0.0)
+            agents = [
+                *_simulated_agents([ev.Target.EMULATOR], agents_per_target, runner, "emulator"),
+                *_simulated_agents([ev.Target.DEVICE], agents_per_target, runner, "device"),
+            ]
+            async with asyncio.TaskGroup() as tasks:
+                components = [
+                    tasks.create_task(orchestrator_app.run(config, servers, stop)),
+                    tasks.create_task(projections_app.run(config, servers, stop)),
+                ]
+                await _wait_for_api(config.api_url, components)
+                tasks.create_task(agent_app.run(servers, agents, stop))
+                _banner(console, config, servers, log_path, len(agents))
+                if run_demo:
+                    async with ApiClient(config.api_url) as client:
+                        await demo.run_demo(client, console)
+                if exit_after_demo:
+                    stop.set()
+                else:
+                    console.print("[bold]Up.[/] Ctrl-C stops everything.")
+                await stop.wait()
+    console.print("qgjob stopped.")
+
+
+def _banner(
+    console: Console,
+    config: settings.Settings,
+    servers: embedded.Servers,
+    log_path: Path,
+    agents: int,
+) -> None:
+    lines = [
+        f"[bold]qgjob[/] API {config.api_url}   data {config.home}   logs {log_path}",
+        f"NATS {servers.nats_url}   PostgreSQL {servers.database_url}",
+        f"{agents} simulated agents (emulator and device). In another terminal:",
+        "  qgjob submit --org-id=qualgent --app-version-id=xyz123"
+        " --test=tests/onboarding.spec.js --target=emulator --priority=5 --wait",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command()
+def up(
+    port: Port = None,
+    agents: Annotated[int, typer.Option(min=1, help="Simulated agents per target.")] = 2,
+    run_demo: Annotated[
+        bool, typer.Option("--demo/--no-demo", help="Run the demo workload.")
+    ] = True,
+    exit_after_demo: Annotated[
+        bool, typer.Option(help="Stop once the demo has finished instead of serving on.")
+    ] = False,
+) -> None:
+    """Start everything: NATS and PostgreSQL (embedded unless QG_NATS_URL / QG_DATABASE_URL
+    are set), the orchestrator, the projectors and simulated agents; then the demo."""
+    config = _settings(port)
+    if not run_demo and exit_after_demo:
+        fail("--exit-after-demo needs the demo")
+    _until_signalled(lambda stop: _up(config, agents, run_demo, exit_after_demo, stop))

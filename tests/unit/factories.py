@@ -1,0 +1,58 @@
+"""Event factories with defaults, for given-when-then domain tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from infra import events as ev
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def submitted(job_id: str = "j1", **fields: Any) -> ev.JobSubmitted:
+    values: dict[str, Any] = {
+        "at": T0,
+        "job_id": ev.JobId(job_id),
+        "org_id": "qualgent",
+        "app_version_id": "xyz123",
+        "test_path": "tests/onboarding.spec.js",
+        "target": ev.Target.EMULATOR,
+        "priority": 3,
+        "batch_id": ev.BatchId("b1"),
+    }
+    return ev.JobSubmitted(**{**values, **fields})
+
+
+def assigned(
+    job_id: str = "j1", agent: str = "a1", attempt: int = 1, batch: str = "b1"
+) -> ev.JobAssigned:
+    return ev.JobAssigned(
+        at=T0,
+        job_id=ev.JobId(job_id),
+        batch_id=ev.BatchId(batch),
+        agent_id=ev.AgentId(agent),
+        attempt=attempt,
+    )
+
+
+def started(job_id: str = "j1", agent: str = "a1", attempt: int = 1) -> ev.JobStarted:
+    return ev.JobStarted(
+        at=T0, job_id=ev.JobId(job_id), agent_id=ev.AgentId(agent), attempt=attempt
+    )
+
+
+def passed(job_id: str = "j1", agent: str = "a1", attempt: int = 1) -> ev.JobPassed:
+    return ev.JobPassed(
+        at=T0, job_id=ev.JobId(job_id), agent_id=ev.AgentId(agent), attempt=attempt, duration_s=1.0
+    )
+
+
+def errored(job_id: str = "j1", agent: str = "a1", attempt: int = 1) -> ev.JobErrored:
+    return ev.JobErrored(
+        at=T0,
+        job_id=ev.JobId(job_id),
+        agent_id=ev.AgentId(agent),
+        attempt=attempt,
+        reason="install failed",
+    )
