@@ -35,23 +35,22 @@ async def schema_pool(url: str, schema: str) -> db.Pool:
 
 
 async def kill_mid_stream(servers: embedded.Servers, schema: str, name: str, at: int) -> None:
-    """Run the projector in a process and SIGKILL it once it has applied sequence `at`."""
+    """Run the projector in a process and SIGKILL it once it has committed sequence `at`
+    but not yet acknowledged it."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.integration.projector_process",
-        servers.nats_url,
-        servers.database_url,
-        schema,
-        name,
+        *(servers.nats_url, servers.database_url, schema, name, str(at)),
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        while int(await proc.stdout.readline() or b"0") < at:
-            pass
-    proc.send_signal(signal.SIGKILL)
-    await proc.wait()
+    try:
+        async with asyncio.timeout(30):
+            assert await proc.stdout.readline() == b"frozen\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
 
 
 async def rebuild(js: JetStreamContext, pool: db.Pool, schema: str, projection: Projection) -> None:
