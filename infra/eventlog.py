@@ -33,9 +33,37 @@ class ConcurrencyConflict(EventLogError):
 
 
 @dataclass(frozen=True, slots=True)
+class Append:
+    """One event to append, with its dedup id and its subject guard (0: the subject must
+    still be empty)."""
+
+    event: ev.Event
+    msg_id: str | None = None
+    expected_seq: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        headers: dict[str, str] = {}
+        if self.msg_id is not None:
+            headers[api.Header.MSG_ID] = self.msg_id
+        if self.expected_seq is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(self.expected_seq)
+        return headers or None
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     seq: int
     duplicate: bool
+
+
+def _outcome(append: Append, ack: api.PubAck | BaseException) -> Appended:
+    """The result of one append; a wrong-last-sequence refusal is a ConcurrencyConflict."""
+    if isinstance(ack, APIError) and ack.err_code == WRONG_LAST_SEQUENCE:
+        raise ConcurrencyConflict(ev.subject_of(append.event), append.expected_seq or 0) from ack
+    if isinstance(ack, BaseException):
+        raise ack
+    return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
 
 
 class EventLog:
@@ -48,35 +76,43 @@ class EventLog:
     async def append(
         self, event: ev.Event, *, msg_id: str | None = None, expected_seq: int | None = None
     ) -> Appended:
-        """Append one event; `expected_seq` guards the subject (0: it must be empty)."""
-        headers: dict[str, str] = {}
-        if msg_id is not None:
-            headers[api.Header.MSG_ID] = msg_id
-        if expected_seq is not None:
-            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_seq)
-        subject = ev.subject_of(event)
+        """Append one event once JetStream has acknowledged it; raises ConcurrencyConflict
+        when `expected_seq` no longer matches the subject."""
+        append = Append(event, msg_id, expected_seq)
+        ack: api.PubAck | BaseException
         try:
             ack = await self._js.publish(
-                subject,
+                ev.subject_of(event),
                 ev.encode(event),
                 timeout=self._timeout_s,
                 stream=ev.EVENTS_STREAM,
-                headers=headers or None,
+                headers=append.headers,
             )
         except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise ConcurrencyConflict(subject, expected_seq or 0) from exc
-            raise
-        return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
+            ack = exc
+        return _outcome(append, ack)
 
-    async def append_many(self, events: list[ev.Event]) -> list[int]:
-        """Append unguarded events with many in flight; returns their sequences in order."""
+    async def append_all(self, appends: list[Append]) -> list[Appended | ConcurrencyConflict]:
+        """Append many events with all of them in flight at once; results come in request
+        order, a conflict as a value rather than raised."""
         futures = [
-            await self._js.publish_async(ev.subject_of(e), ev.encode(e), stream=ev.EVENTS_STREAM)
-            for e in events
+            await self._js.publish_async(
+                ev.subject_of(a.event),
+                ev.encode(a.event),
+                stream=ev.EVENTS_STREAM,
+                headers=a.headers,
+            )
+            for a in appends
         ]
-        acks = await asyncio.gather(*futures)
-        return [ack.seq for ack in acks]
+        async with asyncio.timeout(self._timeout_s):
+            acks = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[Appended | ConcurrencyConflict] = []
+        for append, ack in zip(appends, acks, strict=True):
+            try:
+                results.append(_outcome(append, ack))
+            except ConcurrencyConflict as conflict:
+                results.append(conflict)
+        return results
 
     async def read(self, subject: str) -> list[tuple[int, ev.Event]]:
         """Every event on one subject, oldest first, with its stream sequence."""

@@ -9,7 +9,7 @@ import structlog
 
 from infra import api, lifecycle, rpc
 from infra import events as ev
-from infra.eventlog import ConcurrencyConflict, EventLog
+from infra.eventlog import Append, ConcurrencyConflict, EventLog
 from orchestrator import domain, queries
 
 if TYPE_CHECKING:
@@ -20,6 +20,15 @@ log = structlog.get_logger(__name__)
 CLAIM_LIMIT = 500
 CLAIM_CATCH_UP_S = 5.0
 _CANCEL_ATTEMPTS = 5
+
+
+_SUBMITTED = "job.submitted"
+
+
+def _submission(event: ev.JobSubmitted) -> Append:
+    """A submission's append: Msg-Id dedups a retried submit within the duplicate window,
+    and the empty-subject guard (expected sequence 0) catches it after the window."""
+    return Append(event, msg_id=f"submit:{event.job_id}", expected_seq=0)
 
 
 class JobService:
@@ -33,9 +42,10 @@ class JobService:
         """Record one job; returns its view and whether it was newly created (False: the
         idempotency key named an existing job)."""
         event = domain.submit(spec, ev.utcnow())
+        submission = _submission(event)
         try:
             appended = await self._events.append(
-                event, msg_id=f"submit:{event.job_id}", expected_seq=0
+                event, msg_id=submission.msg_id, expected_seq=submission.expected_seq
             )
         except ConcurrencyConflict:
             return await self.get(event.job_id), False  # an idempotent retry, past dedup
@@ -48,12 +58,21 @@ class JobService:
             org_id=event.org_id,
             stream_seq=appended.seq,
         )
-        return queries.job_view(lifecycle.start(event, appended.seq), ["job.submitted"]), True
+        return queries.job_view(lifecycle.start(event, appended.seq), [_SUBMITTED]), True
 
     async def submit_many(self, specs: list[api.JobSpec]) -> list[api.JobView]:
         """Record several jobs with their appends in flight together, in request order."""
-        results = await asyncio.gather(*(self.submit(spec) for spec in specs))
-        return [view for view, _ in results]
+        now = ev.utcnow()
+        submitted = [domain.submit(spec, now) for spec in specs]
+        results = await self._events.append_all([_submission(e) for e in submitted])
+        views: list[api.JobView] = []
+        for event, result in zip(submitted, results, strict=True):
+            if isinstance(result, ConcurrencyConflict) or result.duplicate:
+                views.append(await self.get(event.job_id))  # an idempotent retry
+            else:
+                views.append(queries.job_view(lifecycle.start(event, result.seq), [_SUBMITTED]))
+        log.info("jobs_submitted", jobs=len(views))
+        return views
 
     async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[str]]:
         if not domain.is_job_id(job_id):

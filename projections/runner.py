@@ -131,9 +131,8 @@ class ProjectionRunner:
         stored when the call began has been applied (a replay)."""
         sub = await self._subscribe()
         try:
-            while not stop.is_set():
-                if catch_up and (await sub.consumer_info()).num_pending == 0:
-                    return
+            caught_up = catch_up and (await sub.consumer_info()).num_pending == 0
+            while not (caught_up or stop.is_set()):
                 try:
                     msgs = await sub.fetch(self._batch_size, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -142,5 +141,6 @@ class ProjectionRunner:
                     continue
                 await self._apply(msgs)
                 await msgs[-1].ack()
+                caught_up = catch_up and msgs[-1].metadata.num_pending == 0
         finally:
             await sub.unsubscribe()

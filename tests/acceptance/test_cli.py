@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from tests.acceptance.conftest import Up
+if TYPE_CHECKING:
+    from tests.acceptance.conftest import Up
 
 SUBMIT = [
     "submit",

@@ -75,6 +75,9 @@ async def test_a_killed_projector_resumes_to_the_same_tables(
     live = await db.create_pool(qg_servers.database_url)
     halfway = (await js.stream_info("QG_EVENTS")).state.last_seq // 2
     for projection in read_models():
+        # The stack's projectors stopped while agents were still appending AgentStopped:
+        # restarted, they resume from their checkpoints.
+        await ProjectionRunner(js, live, projection).run(asyncio.Event(), catch_up=True)
         whole = await schema_pool(qg_servers.database_url, "whole")
         crashed = await schema_pool(qg_servers.database_url, "crashed")
         await rebuild(js, whole, "whole", projection)
