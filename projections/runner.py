@@ -8,6 +8,7 @@ ack neither loses nor double-applies an event.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -23,8 +24,6 @@ from infra import events as ev
 from infra import nats as qnats
 
 if TYPE_CHECKING:
-    import asyncio
-
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
@@ -126,21 +125,35 @@ class ProjectionRunner:
         if self._on_applied is not None:
             self._on_applied(self.position)
 
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            return await sub.fetch(self._batch_size, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+
     async def run(self, stop: asyncio.Event, *, catch_up: bool = False) -> None:
         """Apply events until `stop` is set; with `catch_up`, return once every event
-        stored when the call began has been applied (a replay)."""
+        stored when the call began has been applied (a replay).
+
+        The next batch is fetched while the current one is written to PostgreSQL. A fetch
+        in flight is awaited, never cancelled: it ends by itself within its timeout.
+        """
         sub = await self._subscribe()
+        if catch_up and (await sub.consumer_info()).num_pending == 0:
+            await sub.unsubscribe()
+            return
+        fetching: asyncio.Future[list[Msg]] | None = asyncio.ensure_future(self._fetch(sub))
         try:
-            caught_up = catch_up and (await sub.consumer_info()).num_pending == 0
-            while not (caught_up or stop.is_set()):
-                try:
-                    msgs = await sub.fetch(self._batch_size, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                if not msgs:
-                    continue
-                await self._apply(msgs)
-                await msgs[-1].ack()
-                caught_up = catch_up and msgs[-1].metadata.num_pending == 0
+            while fetching is not None:
+                msgs = await fetching
+                done = stop.is_set() or bool(
+                    catch_up and msgs and msgs[-1].metadata.num_pending == 0
+                )
+                fetching = None if done else asyncio.ensure_future(self._fetch(sub))
+                if msgs:
+                    await self._apply(msgs)
+                    await msgs[-1].ack()
         finally:
+            if fetching is not None:
+                await asyncio.wait([fetching])
             await sub.unsubscribe()
