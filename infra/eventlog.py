@@ -92,9 +92,16 @@ class EventLog:
             ack = exc
         return _outcome(append, ack)
 
-    async def append_all(self, appends: list[Append]) -> list[Appended | ConcurrencyConflict]:
-        """Append many events with all of them in flight at once; results come in request
-        order, a conflict as a value rather than raised."""
+    async def append_all(self, appends: list[Append]) -> list[Appended]:
+        """Append many unguarded events (Msg-Id dedup only) with all of them in flight at
+        once; results come in request order.
+
+        Subject guards are refused here: nats-py's asynchronous publish raises a guard's
+        refusal inside its reply handler and never resolves the future, so guarded
+        appends must go through `append`.
+        """
+        if any(a.expected_seq is not None for a in appends):
+            raise ValueError("append_all takes unguarded appends only")
         futures = [
             await self._js.publish_async(
                 ev.subject_of(a.event),
@@ -106,13 +113,7 @@ class EventLog:
         ]
         async with asyncio.timeout(self._timeout_s):
             acks = await asyncio.gather(*futures, return_exceptions=True)
-        results: list[Appended | ConcurrencyConflict] = []
-        for append, ack in zip(appends, acks, strict=True):
-            try:
-                results.append(_outcome(append, ack))
-            except ConcurrencyConflict as conflict:
-                results.append(conflict)
-        return results
+        return [_outcome(append, ack) for append, ack in zip(appends, acks, strict=True)]
 
     async def read(self, subject: str) -> list[tuple[int, ev.Event]]:
         """Every event on one subject, oldest first, with its stream sequence."""

@@ -25,12 +25,6 @@ _CANCEL_ATTEMPTS = 5
 _SUBMITTED = "job.submitted"
 
 
-def _submission(event: ev.JobSubmitted) -> Append:
-    """A submission's append: Msg-Id dedups a retried submit within the duplicate window,
-    and the empty-subject guard (expected sequence 0) catches it after the window."""
-    return Append(event, msg_id=f"submit:{event.job_id}", expected_seq=0)
-
-
 class JobService:
     """Validated commands in, acknowledged events out."""
 
@@ -41,14 +35,17 @@ class JobService:
     async def submit(self, spec: api.JobSpec) -> tuple[api.JobView, bool]:
         """Record one job; returns its view and whether it was newly created (False: the
         idempotency key named an existing job)."""
-        event = domain.submit(spec, ev.utcnow())
-        submission = _submission(event)
+        return await self._record(domain.submit(spec, ev.utcnow()))
+
+    async def _record(self, event: ev.JobSubmitted) -> tuple[api.JobView, bool]:
+        # Msg-Id dedups a retried submit within the duplicate window; the empty-subject
+        # guard (expected sequence 0) catches it after the window has passed.
         try:
             appended = await self._events.append(
-                event, msg_id=submission.msg_id, expected_seq=submission.expected_seq
+                event, msg_id=f"submit:{event.job_id}", expected_seq=0
             )
         except ConcurrencyConflict:
-            return await self.get(event.job_id), False  # an idempotent retry, past dedup
+            return await self.get(event.job_id), False
         if appended.duplicate:
             return await self.get(event.job_id), False
         log.info(
@@ -61,18 +58,25 @@ class JobService:
         return queries.job_view(lifecycle.start(event, appended.seq), [_SUBMITTED]), True
 
     async def submit_many(self, specs: list[api.JobSpec]) -> list[api.JobView]:
-        """Record several jobs with their appends in flight together, in request order."""
+        """Record several jobs with their appends in flight together, in request order.
+
+        A job without an idempotency key has a fresh id, so its subject is empty and only
+        needs the Msg-Id: those go out as one pipelined burst. Keyed jobs may already
+        exist and take the guarded path of `submit`.
+        """
         now = ev.utcnow()
         submitted = [domain.submit(spec, now) for spec in specs]
-        results = await self._events.append_all([_submission(e) for e in submitted])
-        views: list[api.JobView] = []
-        for event, result in zip(submitted, results, strict=True):
-            if isinstance(result, ConcurrencyConflict) or result.duplicate:
-                views.append(await self.get(event.job_id))  # an idempotent retry
-            else:
-                views.append(queries.job_view(lifecycle.start(event, result.seq), [_SUBMITTED]))
-        log.info("jobs_submitted", jobs=len(views))
-        return views
+        fresh = [e for e in submitted if e.idempotency_key is None]
+        keyed = [e for e in submitted if e.idempotency_key is not None]
+        burst = self._events.append_all([Append(e, msg_id=f"submit:{e.job_id}") for e in fresh])
+        seqs, recorded = await asyncio.gather(burst, asyncio.gather(*map(self._record, keyed)))
+        views = {
+            e.job_id: queries.job_view(lifecycle.start(e, appended.seq), [_SUBMITTED])
+            for e, appended in zip(fresh, seqs, strict=True)
+        }
+        views |= {ev.JobId(view.job_id): view for view, _ in recorded}
+        log.info("jobs_submitted", jobs=len(submitted))
+        return [views[e.job_id] for e in submitted]
 
     async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[str]]:
         if not domain.is_job_id(job_id):

@@ -59,6 +59,15 @@ class Stack:
                     return views
                 await asyncio.sleep(0.05)
 
+    async def reach(self, job_id: str, status: str, timeout_s: float = 10.0) -> api.JobView:
+        """Poll until the job has `status`."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                view = await self.job(job_id)
+                if view.status == status:
+                    return view
+                await asyncio.sleep(0.02)
+
     async def settled(self, timeout_s: float = 10.0) -> None:
         """Wait until every read-model projector has applied every stored event."""
         async with asyncio.timeout(timeout_s):

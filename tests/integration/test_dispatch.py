@@ -1,0 +1,92 @@
+"""Dispatch through real streams and agents: grouping, run order, late joiners."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.runners.simulated import SimulatedConfig
+from infra import events as ev
+from tests.stack import running_stack, simulated_agents
+
+if TYPE_CHECKING:
+    from infra import embedded
+
+
+async def test_a_batch_runs_in_priority_then_submission_order(
+    qg_servers: embedded.Servers,
+) -> None:
+    async with running_stack(qg_servers, []) as stack:
+        jobs = [
+            await stack.submit(app_version_id="v1", test_path=f"tests/t{i}.spec.js", priority=p)
+            for i, p in enumerate([1, 3, 5, 3, 1])
+        ]
+        await stack.settled()
+    # The agent starts only now, so it finds all five pending in one batch.
+    async with running_stack(qg_servers, simulated_agents(1)) as stack:
+        views = await stack.wait_all([j.job_id for j in jobs])
+    started = sorted(views, key=lambda v: v.started_at or v.submitted_at)
+    assert [v.test_path for v in started] == [
+        "tests/t2.spec.js",
+        "tests/t1.spec.js",
+        "tests/t3.spec.js",
+        "tests/t0.spec.js",
+        "tests/t4.spec.js",
+    ]
+
+
+async def test_jobs_arriving_while_a_batch_runs_join_it_without_a_second_install(
+    qg_servers: embedded.Servers,
+) -> None:
+    slow = SimulatedConfig(install_s=0.3, test_s=0.2, jitter=0, fail_rate=0, seed=1)
+    async with running_stack(qg_servers, simulated_agents(2, runner=slow)) as stack:
+        first = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
+        await stack.reach(first.job_id, "running")
+        late = [
+            await stack.submit(app_version_id="v1", test_path=f"tests/l{i}.spec.js")
+            for i in range(3)
+        ]
+        views = await stack.wait_all([first.job_id, *(j.job_id for j in late)])
+        await stack.settled()
+        _, batches = await stack.request("GET", "/batches")
+    assert {v.status for v in views} == {"passed"}
+    assert {v.agent_id for v in views} == {views[0].agent_id}, "one device ran them all"
+    assert [b["installs"] for b in batches["batches"]] == [1]
+
+
+async def test_targets_never_share_a_batch_or_an_agent(qg_servers: embedded.Servers) -> None:
+    agents = [
+        *simulated_agents(1, (ev.Target.EMULATOR,), prefix="emu"),
+        *simulated_agents(1, (ev.Target.DEVICE,), prefix="dev"),
+    ]
+    async with running_stack(qg_servers, agents) as stack:
+        emu = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
+        dev = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js", target="device")
+        views = await stack.wait_all([emu.job_id, dev.job_id])
+    assert views[0].batch_id != views[1].batch_id
+    assert (views[0].agent_id, views[1].agent_id) == ("emu-0", "dev-0")
+
+
+async def test_a_failing_test_with_retries_runs_again_then_fails(
+    qg_servers: embedded.Servers,
+) -> None:
+    async with running_stack(qg_servers, simulated_agents(1)) as stack:
+        job = await stack.submit(
+            app_version_id="v1", test_path="tests/flaky_fail.spec.js", retries=2
+        )
+        [view] = await stack.wait_all([job.job_id])
+    assert view.status == "failed"
+    assert view.attempt == 3
+    assert view.events.count("job.retried") == 2
+    assert view.events.count("job.failed") == 1
+
+
+async def test_install_failures_are_retried_until_the_job_is_dead(
+    qg_servers: embedded.Servers,
+) -> None:
+    broken = SimulatedConfig(install_s=0, test_s=0, install_fail_rate=1.0, seed=3)
+    async with running_stack(qg_servers, simulated_agents(1, runner=broken)) as stack:
+        job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
+        [view] = await stack.wait_all([job.job_id])
+    assert view.status == "dead"
+    assert view.events.count("job.errored") == 3
+    assert "install failed" in (view.reason or "")
