@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from infra import db, embedded
-from infra import nats as qnats
+from infra import connections, embedded
 from infra.eventlog import EventLog
 from orchestrator import http
 from orchestrator.claims import ClaimServer
@@ -27,15 +26,9 @@ log = structlog.get_logger(__name__)
 async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event) -> None:
     """Serve the HTTP API and claims until `stop` is set; shut down in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
-        nc = await qnats.connect(servers.nats_url, name="qgjob-orchestrator")
-        stack.push_async_callback(qnats.close, nc)
-        js = nc.jetstream()
-        await qnats.declare_streams(js)
-        pool = await db.create_pool(servers.database_url)
-        stack.push_async_callback(pool.close)
-        async with pool.acquire() as conn:
-            await db.migrate(conn)
-        service = JobService(EventLog(js), pool)
+        conns = await connections.open_all(stack, servers, "qgjob-orchestrator")
+        nc, pool = conns.nc, conns.pool
+        service = JobService(EventLog(conns.js), pool)
         claims = ClaimServer(nc, service)
         await claims.start()
         stack.push_async_callback(claims.stop)

@@ -12,7 +12,6 @@ from nats.aio.client import Client
 
 from infra import api, db
 from infra import nats as qnats
-from infra.eventlog import EventLogError
 from orchestrator import domain, queries
 from orchestrator.service import JobService
 
@@ -63,9 +62,7 @@ async def errors(
         return _error(400, f"request body is not valid JSON: {exc}")
     except domain.JobNotFound as exc:
         return _error(404, str(exc))
-    except domain.JobFinished as exc:
-        return _error(409, str(exc))
-    except (domain.DomainError, EventLogError) as exc:
+    except domain.DomainError as exc:
         return _error(409, str(exc))
     except web.HTTPException:
         raise

@@ -60,15 +60,6 @@ async def list_jobs(conn: db.Connection, query: JobFilter) -> api.JobPage:
     return api.JobPage(jobs=[job_view(lifecycle.from_row(r)) for r in rows], next_cursor=cursor)
 
 
-async def job_by_idempotency_key(
-    conn: db.Connection, org_id: str, key: str
-) -> lifecycle.JobState | None:
-    row = await conn.fetchrow(
-        "SELECT * FROM jobs WHERE org_id = $1 AND idempotency_key = $2", org_id, key
-    )
-    return None if row is None else lifecycle.from_row(row)
-
-
 async def pending_in_batch(
     conn: db.Connection, batch_id: str, limit: int
 ) -> list[lifecycle.JobState]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from infra import db, embedded
+from infra import connections, embedded
 from infra import nats as qnats
 from projections.agents import AgentsProjection
 from projections.batches import BatchesProjection
@@ -31,15 +31,9 @@ def read_models() -> list[Projection]:
 async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event) -> None:
     """Run every projector until `stop` is set; a crashed projector stops them all."""
     async with contextlib.AsyncExitStack() as stack:
-        nc = await qnats.connect(servers.nats_url, name="qgjob-projector")
-        stack.push_async_callback(qnats.close, nc)
-        js = nc.jetstream()
-        await qnats.declare_streams(js)
+        conns = await connections.open_all(stack, servers, "qgjob-projector")
+        js, pool = conns.js, conns.pool
         await qnats.declare_work_consumers(js, settings.ticket_ack_wait_s)
-        pool = await db.create_pool(servers.database_url)
-        stack.push_async_callback(pool.close)
-        async with pool.acquire() as conn:
-            await db.migrate(conn)
         log.info("projectors_started")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(GroupingProjector(js).run(stop))
