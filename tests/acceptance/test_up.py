@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
-from tests.acceptance.conftest import start_up
+from infra import embedded
+from tests.acceptance.conftest import QGJOB, start_up
 
 
 def _server_pids(home: Path) -> list[int]:
@@ -44,3 +47,20 @@ def test_ctrl_c_stops_everything_and_a_second_run_keeps_the_jobs(tmp_path: Path)
         assert '"passed"' in shown.stdout
     finally:
         assert second.stop() == 0
+
+
+def test_the_demo_groups_jobs_and_installs_each_build_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
+    env |= {"QG_HOME": str(tmp_path / "home"), "QG_API_PORT": str(embedded.free_port())}
+    result = subprocess.run(
+        [*QGJOB, "up", "--exit-after-demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "24 jobs ran in 6 batches with 6 installs" in result.stdout
+    assert "qgjob stopped." in result.stdout
+    assert not _server_pids(tmp_path / "home")
