@@ -84,6 +84,8 @@ def _board(batches: list[api.BatchView], jobs: list[api.JobView]) -> Group:
 
 async def run_demo(client: ApiClient, console: Console) -> list[api.JobView]:
     """Submit the demo workload and show it live until every job has its verdict."""
+    # Batches outlive a run (same org, build and target): count this run's installs only.
+    before = {b.batch_id: b.installs for b in (await client.batches(500)).batches}
     submitted = await client.submit_many(demo_specs())
     ids = {job.job_id for job in submitted}
     with Live(console=console, refresh_per_second=8, transient=False) as live:
@@ -91,10 +93,12 @@ async def run_demo(client: ApiClient, console: Console) -> list[api.JobView]:
             batches = [b for b in (await client.batches(50)).batches if b.org_id == DEMO_ORG]
             jobs = await asyncio.gather(*(client.job(job_id) for job_id in ids))
             live.update(_board(batches, list(jobs)))
-            if all(job.status in TERMINAL_STATUSES for job in jobs):
+            finished = all(job.status in TERMINAL_STATUSES for job in jobs)
+            # Batch counts come from the read model: wait until it shows the verdicts too.
+            if finished and all(b.pending == b.active == 0 for b in batches):
                 break
             await asyncio.sleep(0.25)
-    installs = sum(b.installs for b in batches)
+    installs = sum(b.installs - before.get(b.batch_id, 0) for b in batches)
     console.print(
         f"\n{len(jobs)} jobs ran in {len(batches)} batches with {installs} installs "
         f"(one job per install would have taken {len(jobs)})."
