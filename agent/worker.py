@@ -37,6 +37,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 3
     ticket_ack_wait_s: float = 30.0
     claim_timeout_s: float = 10.0
+    install_timeout_s: float = 900.0
     install_cache_size: int = 8
     """How many installed builds the device keeps."""
 
@@ -138,12 +139,11 @@ class Agent:
             return True
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            await self._runner.install(ticket.org_id, ticket.app_version_id, ticket.target.value)
-        except RunnerError as exc:
-            log.warning("install_failed", batch_id=ticket.batch_id, error=str(exc))
+        failure = await self._install(ticket)
+        if failure is not None:
+            log.warning("install_failed", batch_id=ticket.batch_id, error=failure)
             for job in jobs:
-                await self._error(job, f"install failed: {exc}")
+                await self._error(job, failure)
             return False
         self._installed[key] = None
         if len(self._installed) > self.config.install_cache_size:
@@ -160,6 +160,19 @@ class Agent:
         )
         log.info("build_installed", batch_id=ticket.batch_id, app_version_id=ticket.app_version_id)
         return True
+
+    async def _install(self, ticket: ev.WorkTicket) -> str | None:
+        """Install the ticket's build; the reason it failed, or None once installed."""
+        try:
+            async with asyncio.timeout(self.config.install_timeout_s):
+                await self._runner.install(
+                    ticket.org_id, ticket.app_version_id, ticket.target.value
+                )
+        except TimeoutError:
+            return f"install timed out after {self.config.install_timeout_s:g} s"
+        except RunnerError as exc:
+            return f"install failed: {exc}"
+        return None
 
     async def _append(
         self, state: lifecycle.JobState, event: ev.JobEvent

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import shlex
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from rich.console import Console
 
 from agent import app as agent_app
 from agent.runners import Runner
+from agent.runners.command import CommandConfig, CommandRunner
 from agent.runners.simulated import SimulatedConfig
 from agent.worker import AgentConfig
 from cli import demo
@@ -110,21 +113,70 @@ def project() -> None:
     _until_signalled(lambda stop: projections_app.run(config, servers, stop))
 
 
+class RunnerKind(enum.StrEnum):
+    """How an agent installs builds and runs tests."""
+
+    SIMULATED = "simulated"
+    COMMAND = "command"
+
+
+_PLACEHOLDERS = "{org_id}, {app_version_id}, {target}"
+
+
+def _command_config(
+    kind: RunnerKind, install_cmd: str | None, test_cmd: str | None
+) -> CommandConfig | None:
+    """The command runner's templates (None for the simulated runner); exits 2 when they
+    are missing, given to the wrong runner or name an unknown placeholder."""
+    if kind is RunnerKind.SIMULATED:
+        if install_cmd is not None or test_cmd is not None:
+            fail("--install-cmd and --test-cmd need --runner command")
+        return None
+    if test_cmd is None:
+        fail("--runner command needs --test-cmd")
+    try:
+        install = tuple(shlex.split(install_cmd or ""))
+        return CommandConfig(install=install, test=tuple(shlex.split(test_cmd)))
+    except ValueError as exc:
+        fail(f"bad command template: {exc}")
+
+
 @app.command()
 def agent(
     target: Targets,
     slots: Annotated[int, typer.Option(min=1, help="Device slots (agents) in this process.")] = 1,
     name: Annotated[str, typer.Option(help="Agent id prefix.")] = socket.gethostname(),
+    runner: Annotated[
+        RunnerKind, typer.Option(help="Simulated tests, or real commands (--test-cmd).")
+    ] = RunnerKind.SIMULATED,
+    install_cmd: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Install command, run once per build and target; may name {_PLACEHOLDERS}."
+        ),
+    ] = None,
+    test_cmd: Annotated[
+        str | None,
+        typer.Option(
+            help="Test command, e.g. 'npx appwright test {test_path} --project {target}'; "
+            f"may name {_PLACEHOLDERS}, {{test_path}}, {{job_id}}. Exit code 0 passes."
+        ),
+    ] = None,
     install_s: Annotated[float, typer.Option(min=0, help="Simulated install time.")] = 2.0,
     test_s: Annotated[float, typer.Option(min=0, help="Simulated test time.")] = 0.5,
     fail_rate: Annotated[float, typer.Option(min=0, max=1, help="Simulated failure rate.")] = 0.0,
 ) -> None:
-    """Run simulated agents serving the given targets (needs only QG_NATS_URL)."""
+    """Run agents serving the given targets, simulated or running real commands (needs
+    only QG_NATS_URL). Each templated argument stays one argument: no shell is involved."""
+    command = _command_config(runner, install_cmd, test_cmd)
     config = _settings()
     servers = _external_servers(config, need_database=False)
     qlogging.configure(config.log_format)
-    runner = SimulatedConfig(install_s=install_s, test_s=test_s, fail_rate=fail_rate)
-    agents = _simulated_agents(target, slots, runner, name)
+    simulated = SimulatedConfig(install_s=install_s, test_s=test_s, fail_rate=fail_rate)
+    agents = _simulated_agents(target, slots, simulated, name)
+    if command is not None:
+        # The same slots and agent ids, each running real commands instead.
+        agents = [(slot, CommandRunner(command)) for slot, _ in agents]
     _until_signalled(lambda stop: agent_app.run(servers, agents, stop))
 
 

@@ -22,8 +22,9 @@ DEFAULT_PRIORITY = 3
 MAX_JOBS_PER_REQUEST = 1000
 
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+# A path, never an option: it may not start with "-" (it becomes a runner's argument).
 TestPath = Annotated[
-    str, Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_./@+-][A-Za-z0-9_./@+ -]*$")
+    str, Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_./@+][A-Za-z0-9_./@+ -]*$")
 ]
 PriorityNumber = Annotated[int, Meta(ge=1, le=5)]
 PriorityName = Literal["low", "normal", "medium", "high", "urgent", "critical"]

@@ -51,6 +51,7 @@ async def test_a_job_is_readable_the_moment_post_returns(stack: Stack) -> None:
         ({"priority": 9}, "priority"),
         ({"priority": "soon"}, "priority"),
         ({"test_path": "a.js; rm -rf /"}, "test_path"),
+        ({"test_path": "--config=evil.js"}, "test_path"),
         ({"org_id": ""}, "org_id"),
         ({"retries": -1}, "retries"),
         ({"colour": "red"}, "colour"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from agent.runners.simulated import SimulatedConfig
 from infra import events as ev
 from tests.stack import running_stack, simulated_agents
@@ -90,3 +92,16 @@ async def test_install_failures_are_retried_until_the_job_is_dead(
     assert view.status == "dead"
     assert view.events.count("job.errored") == 3
     assert "install failed" in (view.reason or "")
+
+
+async def test_an_install_that_hangs_is_an_infrastructure_error(
+    qg_servers: embedded.Servers,
+) -> None:
+    hangs = SimulatedConfig(install_s=60, test_s=0, jitter=0, seed=5)
+    [(config, runner)] = simulated_agents(1, runner=hangs)
+    agent = msgspec.structs.replace(config, install_timeout_s=0.2, max_attempts=1)
+    async with running_stack(qg_servers, [(agent, runner)]) as stack:
+        job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
+        [view] = await stack.wait_all([job.job_id])
+    assert view.status == "dead"
+    assert "install timed out after 0.2 s" in (view.reason or "")
