@@ -13,7 +13,8 @@ import msgspec
 import nats.errors
 import structlog
 
-from agent.runners import RunnerError, TestOutcome
+from agent import cancels
+from agent.runners import RunnerError
 from agent.tickets import TicketSource
 from infra import events as ev
 from infra import lifecycle, rpc
@@ -222,14 +223,19 @@ class Agent:
         if running is None:
             return
         try:
-            outcome: TestOutcome = await asyncio.wait_for(
-                self._runner.run_test(running), timeout=running.timeout_s
-            )
+            async with cancels.watch(self._nc, self._events, running) as cancelled:
+                test = asyncio.ensure_future(
+                    asyncio.wait_for(self._runner.run_test(running), timeout=running.timeout_s)
+                )
+                outcome = await cancels.unless_cancelled(test, cancelled)
         except TimeoutError:
             await self._error(running, f"test timed out after {running.timeout_s:g} s")
             return
         except RunnerError as exc:
             await self._error(running, f"runner failed: {exc}")
+            return
+        if outcome is None:
+            log.info("test_stopped", job_id=job.job_id, reason="job cancelled")
             return
         now = ev.utcnow()
         verdict: ev.JobEvent = (

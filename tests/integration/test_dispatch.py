@@ -105,3 +105,22 @@ async def test_an_install_that_hangs_is_an_infrastructure_error(
         [view] = await stack.wait_all([job.job_id])
     assert view.status == "dead"
     assert "install timed out after 0.2 s" in (view.reason or "")
+
+
+async def test_cancelling_a_running_job_stops_its_test_and_the_agent_moves_on(
+    qg_servers: embedded.Servers,
+) -> None:
+    long_tests = SimulatedConfig(install_s=0, test_s=60, jitter=0, fail_rate=0, seed=2)
+    async with running_stack(qg_servers, simulated_agents(1, runner=long_tests)) as stack:
+        job = await stack.submit(app_version_id="v1", test_path="tests/long.spec.js")
+        await stack.reach(job.job_id, "running")
+        status, body = await stack.request("DELETE", f"/jobs/{job.job_id}")
+        assert (status, body["status"]) == (200, "cancelled")
+        await stack.settled()
+        _, agents = await stack.request("GET", "/agents")
+        # The 60 s test was stopped: the only agent takes the next job at once.
+        nxt = await stack.submit(app_version_id="v2", test_path="tests/next.spec.js")
+        await stack.reach(nxt.job_id, "running")
+        await stack.request("DELETE", f"/jobs/{nxt.job_id}")
+    assert agents["agents"][0]["jobs_run"] == 0, "the cancelled test never got a verdict"
+    assert body["events"][-1] == "job.cancelled"
