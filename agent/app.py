@@ -32,11 +32,15 @@ async def run(
     agents: list[tuple[AgentConfig, Runner]],
     stop: asyncio.Event,
 ) -> None:
-    """Run the given agents until `stop` is set."""
+    """Run the given agents until `stop` is set. The streams and work consumers are
+    declared here too (idempotently), so agents may start before the projectors."""
     async with contextlib.AsyncExitStack() as stack:
         nc = await qnats.connect(servers.nats_url, name="qgjob-agent")
         stack.push_async_callback(qnats.close, nc)
-        events = EventLog(nc.jetstream())
+        js = nc.jetstream()
+        await qnats.declare_streams(js)
+        await qnats.declare_work_consumers(js, max(c.ticket_ack_wait_s for c, _ in agents))
+        events = EventLog(js)
         async with asyncio.TaskGroup() as tasks:
             for config, runner in agents:
                 tasks.create_task(Agent(nc, events, runner, config).run(stop))

@@ -37,9 +37,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so a killed `qgjob up` leaves no
-    orphan holding the JetStream store."""
+def die_with_parent() -> None:
+    """A `preexec_fn`: the child gets SIGTERM when its parent dies, so a killed parent
+    (say `qgjob up` after kill -9) leaves no orphan server behind."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -84,7 +84,7 @@ def start_nats(store_dir: Path, port: int | None = None, timeout_s: float = 15.0
         [str(binary), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     log_file.close()
     server = NatsServer(process=process, port=port, store_dir=store_dir)

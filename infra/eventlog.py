@@ -115,6 +115,19 @@ class EventLog:
             acks = await asyncio.gather(*futures, return_exceptions=True)
         return [_outcome(append, ack) for append, ack in zip(appends, acks, strict=True)]
 
+    async def last(self, subject: str) -> tuple[int, ev.Event] | None:
+        """The latest event on one subject with its sequence; None when there is none."""
+        try:
+            msg = await self._js.get_last_msg(ev.EVENTS_STREAM, subject, direct=True)
+        except NotFoundError:
+            return None
+        assert msg.seq is not None
+        assert msg.data is not None
+        try:
+            return msg.seq, ev.decode(msg.data)
+        except msgspec.DecodeError:
+            return None
+
     async def read(self, subject: str) -> list[tuple[int, ev.Event]]:
         """Every event on one subject, oldest first, with its stream sequence."""
         found: list[tuple[int, ev.Event]] = []

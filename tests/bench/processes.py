@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -36,7 +35,6 @@ READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 """SIGTERM, then SIGKILL if the process is still there after this long."""
 LOG_TAIL_LINES = 20
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,6 @@ class Component:
     command: Command
     process: asyncio.subprocess.Process
     log_path: Path
-    stopped: bool = field(default=False)
 
     @property
     def name(self) -> str:
@@ -91,20 +88,12 @@ class Component:
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
                 await self.process.wait()
-        self.stopped = True
         return self.process.returncode if self.process.returncode is not None else -1
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError), self.log_path.open(errors="replace") as log_file:
             return "".join(deque(log_file, LOG_TAIL_LINES))
         return ""
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the bench dies, so a killed bench leaves no component
-    running (the same guard as the embedded nats-server's)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def component_env(servers: embedded.Servers, port: int) -> dict[str, str]:
@@ -134,7 +123,7 @@ async def spawn(command: Command, env: dict[str, str], log_path: Path) -> Compon
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=embedded.die_with_parent,
         )
     finally:
         os.close(log_fd)
@@ -179,28 +168,31 @@ async def running(
     js: JetStreamContext,
     log_dir: Path,
     label: str,
-    commands: Sequence[Command],
+    *,
+    agents: Command | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start `commands` as processes against `servers`, wait until the API answers and
-    the projectors (if started) follow the stream, yield a client, stop them on exit.
-    Their logs go to `log_dir/<label>-<name>.log`; on a failure their tails go to stderr."""
+    """Start the orchestrator and the projectors against `servers`, wait until the API
+    answers and the projectors follow the stream, then start `agents` (an agent binds to
+    the work consumers the projectors declare, and exits if they are missing); yield a
+    client of the API, and stop every process on exit. Logs go to
+    `log_dir/<label>-<name>.log`; on a failure their last lines go to stderr."""
     port = embedded.free_port()
     env = component_env(servers, port)
     since = dt.datetime.now(dt.UTC)
     components: list[Component] = []
     failed = False
     try:
-        for command in commands:
-            log_path = log_dir / f"{label}-{command.name}.log"
-            components.append(await spawn(command, env, log_path))
-        pids = ", ".join(f"{c.name} {c.process.pid}" for c in components)
-        progress(f"started {pids}; API on port {port}")
+        for command in (SERVE, PROJECT):
+            components.append(await spawn(command, env, log_dir / f"{label}-{command.name}.log"))
         async with aiohttp.ClientSession() as session:
             stack = Stack(f"http://127.0.0.1:{port}", session)
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await wait_for_api(stack, components)
-                if PROJECT in commands:
-                    await wait_for_projectors(js, since, components)
+                await wait_for_projectors(js, since, components)
+            if agents is not None:
+                components.append(await spawn(agents, env, log_dir / f"{label}-{agents.name}.log"))
+            pids = ", ".join(f"{c.name} {c.process.pid}" for c in components)
+            progress(f"{label}: running {pids}; API on port {port}")
             yield stack
     except BaseException:
         failed = True
@@ -210,11 +202,18 @@ async def running(
 
 
 async def stop_all(components: Sequence[Component], *, show_logs: bool) -> None:
-    """Stop the components in the reverse order of their start; report unclean exits."""
-    for component in reversed(components):
-        status = await component.stop()
-        if status != 0:
-            progress(f"{component.name} (pid {component.process.pid}) exited with {status}")
-        if status != 0 or show_logs:
-            tail = component.log_tail()
-            print(f"--- last lines of {component.log_path.name}\n{tail}", file=sys.stderr)
+    """Stop the components in the reverse order of their start; report unclean exits.
+    Interrupted (a second Ctrl-C), it SIGKILLs whatever is still running."""
+    try:
+        for component in reversed(components):
+            status = await component.stop()
+            if status != 0:
+                progress(f"{component.name} (pid {component.process.pid}) exited with {status}")
+            if status != 0 or show_logs:
+                tail = component.log_tail()
+                print(f"--- last lines of {component.log_path.name}\n{tail}", file=sys.stderr)
+    finally:
+        for component in components:
+            if component.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    component.process.kill()
