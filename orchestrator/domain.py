@@ -6,6 +6,7 @@ No I/O, no asyncio, no logging. The job lifecycle fold itself lives in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import TYPE_CHECKING
@@ -45,6 +46,7 @@ def _digest(*parts: str, size: int = 10) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=size).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def batch_id_of(org_id: str, app_version_id: str, target: ev.Target) -> ev.BatchId:
     """Jobs of one org, app build and target share one batch, whatever their arrival."""
     return ev.BatchId("b" + _digest(org_id, app_version_id, target.value))
