@@ -40,7 +40,7 @@ async def run(
         js = nc.jetstream()
         await qnats.declare_streams(js)
         await qnats.declare_work_consumers(js, max(c.ticket_ack_wait_s for c, _ in agents))
-        events = EventLog(js)
+        events = EventLog(nc)
         async with asyncio.TaskGroup() as tasks:
             for config, runner in agents:
                 tasks.create_task(Agent(nc, events, runner, config).run(stop))

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from infra import events as ev
+from infra.acks import Ack, AckPipeline
 
 if TYPE_CHECKING:
-    from nats.js import JetStreamContext
+    from nats.aio.client import Client
 
 WRONG_LAST_SEQUENCE = 10071
 
@@ -57,20 +58,22 @@ class Appended:
     duplicate: bool
 
 
-def _outcome(append: Append, ack: api.PubAck | BaseException) -> Appended:
-    """The result of one append; a wrong-last-sequence refusal is a ConcurrencyConflict."""
-    if isinstance(ack, APIError) and ack.err_code == WRONG_LAST_SEQUENCE:
-        raise ConcurrencyConflict(ev.subject_of(append.event), append.expected_seq or 0) from ack
-    if isinstance(ack, BaseException):
-        raise ack
-    return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
+def _outcome(append: Append, ack: Ack) -> Appended | ConcurrencyConflict:
+    """The result of one append; a wrong-last-sequence refusal is a ConcurrencyConflict,
+    any other refusal an EventLogError."""
+    if ack.error is None:
+        return Appended(seq=ack.seq, duplicate=ack.duplicate)
+    if ack.error.err_code == WRONG_LAST_SEQUENCE:
+        return ConcurrencyConflict(ev.subject_of(append.event), append.expected_seq or 0)
+    raise EventLogError(f"the event log refused an append: {ack.error.description}")
 
 
 class EventLog:
     """Appends events to QG_EVENTS and reads one aggregate's events back."""
 
-    def __init__(self, js: JetStreamContext, timeout_s: float = 5.0) -> None:
-        self._js = js
+    def __init__(self, nc: Client, timeout_s: float = 5.0) -> None:
+        self._js = nc.jetstream()
+        self._acks = AckPipeline(nc)
         self._timeout_s = timeout_s
 
     async def append(
@@ -78,41 +81,24 @@ class EventLog:
     ) -> Appended:
         """Append one event once JetStream has acknowledged it; raises ConcurrencyConflict
         when `expected_seq` no longer matches the subject."""
-        append = Append(event, msg_id, expected_seq)
-        ack: api.PubAck | BaseException
-        try:
-            ack = await self._js.publish(
-                ev.subject_of(event),
-                ev.encode(event),
-                timeout=self._timeout_s,
-                stream=ev.EVENTS_STREAM,
-                headers=append.headers,
-            )
-        except APIError as exc:
-            ack = exc
-        return _outcome(append, ack)
+        [result] = await self.append_all([Append(event, msg_id, expected_seq)])
+        if isinstance(result, ConcurrencyConflict):
+            raise result
+        return result
 
-    async def append_all(self, appends: list[Append]) -> list[Appended]:
-        """Append many unguarded events (Msg-Id dedup only) with all of them in flight at
-        once; results come in request order.
-
-        Subject guards are refused here: nats-py's asynchronous publish raises a guard's
-        refusal inside its reply handler and never resolves the future, so guarded
-        appends must go through `append`.
-        """
-        if any(a.expected_seq is not None for a in appends):
-            raise ValueError("append_all takes unguarded appends only")
+    async def append_all(self, appends: list[Append]) -> list[Appended | ConcurrencyConflict]:
+        """Append many events with all of them in flight at once; results come in request
+        order, a conflict as a value rather than raised."""
         futures = [
-            await self._js.publish_async(
-                ev.subject_of(a.event),
-                ev.encode(a.event),
-                stream=ev.EVENTS_STREAM,
-                headers=a.headers,
-            )
+            await self._acks.publish(ev.subject_of(a.event), ev.encode(a.event), a.headers)
             for a in appends
         ]
-        async with asyncio.timeout(self._timeout_s):
-            acks = await asyncio.gather(*futures, return_exceptions=True)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                acks = await asyncio.gather(*futures)
+        except TimeoutError:
+            self._acks.forget(futures)
+            raise
         return [_outcome(append, ack) for append, ack in zip(appends, acks, strict=True)]
 
     async def last(self, subject: str) -> tuple[int, ev.Event] | None:

@@ -28,7 +28,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
     async with contextlib.AsyncExitStack() as stack:
         conns = await connections.open_all(stack, servers, "qgjob-orchestrator")
         nc, pool = conns.nc, conns.pool
-        service = JobService(EventLog(conns.js), pool)
+        service = JobService(EventLog(conns.nc), pool)
         claims = ClaimServer(nc, service)
         await claims.start()
         stack.push_async_callback(claims.stop)

@@ -35,48 +35,38 @@ class JobService:
     async def submit(self, spec: api.JobSpec) -> tuple[api.JobView, bool]:
         """Record one job; returns its view and whether it was newly created (False: the
         idempotency key named an existing job)."""
-        return await self._record(domain.submit(spec, ev.utcnow()))
-
-    async def _record(self, event: ev.JobSubmitted) -> tuple[api.JobView, bool]:
-        # Msg-Id dedups a retried submit within the duplicate window; the empty-subject
-        # guard (expected sequence 0) catches it after the window has passed.
-        try:
-            appended = await self._events.append(
-                event, msg_id=f"submit:{event.job_id}", expected_seq=0
-            )
-        except ConcurrencyConflict:
-            return await self.get(event.job_id), False
-        if appended.duplicate:
-            return await self.get(event.job_id), False
+        [(view, created)] = await self._record([domain.submit(spec, ev.utcnow())])
         log.info(
             "job_submitted",
-            job_id=event.job_id,
-            batch_id=event.batch_id,
-            org_id=event.org_id,
-            stream_seq=appended.seq,
+            job_id=view.job_id,
+            batch_id=view.batch_id,
+            org_id=view.org_id,
+            created=created,
         )
-        return queries.job_view(lifecycle.start(event, appended.seq), [_SUBMITTED]), True
+        return view, created
 
     async def submit_many(self, specs: list[api.JobSpec]) -> list[api.JobView]:
-        """Record several jobs with their appends in flight together, in request order.
-
-        A job without an idempotency key has a fresh id, so its subject is empty and only
-        needs the Msg-Id: those go out as one pipelined burst. Keyed jobs may already
-        exist and take the guarded path of `submit`.
-        """
+        """Record several jobs with their appends in flight together, in request order."""
         now = ev.utcnow()
-        submitted = [domain.submit(spec, now) for spec in specs]
-        fresh = [e for e in submitted if e.idempotency_key is None]
-        keyed = [e for e in submitted if e.idempotency_key is not None]
-        burst = self._events.append_all([Append(e, msg_id=f"submit:{e.job_id}") for e in fresh])
-        seqs, recorded = await asyncio.gather(burst, asyncio.gather(*map(self._record, keyed)))
-        views = {
-            e.job_id: queries.job_view(lifecycle.start(e, appended.seq), [_SUBMITTED])
-            for e, appended in zip(fresh, seqs, strict=True)
-        }
-        views |= {ev.JobId(view.job_id): view for view, _ in recorded}
-        log.info("jobs_submitted", jobs=len(submitted))
-        return [views[e.job_id] for e in submitted]
+        recorded = await self._record([domain.submit(spec, now) for spec in specs])
+        log.info("jobs_submitted", jobs=len(recorded))
+        return [view for view, _ in recorded]
+
+    async def _record(self, events: list[ev.JobSubmitted]) -> list[tuple[api.JobView, bool]]:
+        # Msg-Id dedups a retried submit within the duplicate window; the empty-subject
+        # guard (expected sequence 0) catches it after the window has passed. Either way
+        # the idempotency key named an existing job, which is what the caller gets.
+        results = await self._events.append_all(
+            [Append(e, msg_id=f"submit:{e.job_id}", expected_seq=0) for e in events]
+        )
+        recorded: list[tuple[api.JobView, bool]] = []
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, ConcurrencyConflict) or result.duplicate:
+                recorded.append((await self.get(event.job_id), False))
+            else:
+                state = lifecycle.start(event, result.seq)
+                recorded.append((queries.job_view(state, [_SUBMITTED]), True))
+        return recorded
 
     async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[str]]:
         if not domain.is_job_id(job_id):
