@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from orchestrator import app as orchestrator_app
 from projections import app as projections_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from agent.runners import Runner
 
@@ -59,6 +60,16 @@ class Stack:
                     return views
                 await asyncio.sleep(0.05)
 
+    async def wait_healthy(self, check: Callable[[], None]) -> None:
+        """Until `GET /health` answers 200; `check` raises when a component died first."""
+        while True:
+            check()
+            with contextlib.suppress(aiohttp.ClientError):
+                status, _ = await self.request("GET", "/health")
+                if status == 200:
+                    return
+            await asyncio.sleep(0.05)
+
     async def reach(self, job_id: str, status: str, timeout_s: float = 10.0) -> api.JobView:
         """Poll until the job has `status`."""
         async with asyncio.timeout(timeout_s):
@@ -76,6 +87,12 @@ class Stack:
                 if health["projector_lag"] == 0:
                     return
                 await asyncio.sleep(0.05)
+
+
+def _raise_if_died(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        if task.done():
+            task.result()
 
 
 def simulated_agents(
@@ -111,15 +128,7 @@ async def running_stack(
     async with aiohttp.ClientSession() as session:
         stack = Stack(f"http://127.0.0.1:{port}", session)
         async with asyncio.timeout(30):
-            while True:
-                for task in tasks:
-                    if task.done():
-                        task.result()
-                with contextlib.suppress(aiohttp.ClientError):
-                    status, _ = await stack.request("GET", "/health")
-                    if status == 200:
-                        break
-                await asyncio.sleep(0.05)
+            await stack.wait_healthy(partial(_raise_if_died, tasks))
         if agents:
             tasks.append(asyncio.create_task(agent_app.run(servers, agents, stop)))
         try:

@@ -132,14 +132,12 @@ async def spawn(command: Command, env: dict[str, str], log_path: Path) -> Compon
 
 async def wait_for_api(stack: Stack, components: Sequence[Component]) -> None:
     """Until `GET /health` answers 200; fails when a component exits first."""
-    while True:
+
+    def check() -> None:
         for component in components:
             component.check_alive()
-        with contextlib.suppress(aiohttp.ClientError):
-            status, _ = await stack.request("GET", "/health")
-            if status == 200:
-                return
-        await asyncio.sleep(0.05)
+
+    await stack.wait_healthy(check)
 
 
 async def wait_for_projectors(
