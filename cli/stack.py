@@ -65,7 +65,8 @@ def _external_servers(config: settings.Settings, *, need_database: bool = True) 
 
 
 def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)`; SIGINT or SIGTERM sets `stop`, and the process exits cleanly."""
+    """Run `main(stop)`; SIGINT or SIGTERM sets `stop`, and the process exits cleanly. A
+    component that crashes ends the process with one line (details in the logs)."""
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -74,7 +75,28 @@ def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except Exception as exc:  # noqa: BLE001 - the command boundary: one line, not a traceback
+        fail(f"stopped: {_first_cause(exc)}")
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The innermost error of a crashed TaskGroup, as `Type: message`."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _require_free_port(config: settings.Settings) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((config.api_host, config.api_port))
+        except OSError:
+            fail(
+                f"port {config.api_port} is in use (another `qgjob up`?); "
+                "choose one with --port or QG_API_PORT"
+            )
 
 
 def _simulated_agents(
@@ -100,6 +122,7 @@ def serve(port: Port = None) -> None:
     """Run the orchestrator (HTTP API, claim service) against QG_NATS_URL and QG_DATABASE_URL."""
     config = _settings(port)
     servers = _external_servers(config)
+    _require_free_port(config)
     qlogging.configure(config.log_format)
     _until_signalled(lambda stop: orchestrator_app.run(config, servers, stop))
 
@@ -262,6 +285,7 @@ def up(
     """Start everything: NATS and PostgreSQL (embedded unless QG_NATS_URL / QG_DATABASE_URL
     are set), the orchestrator, the projectors and simulated agents; then the demo."""
     config = _settings(port)
+    _require_free_port(config)
     if not run_demo and exit_after_demo:
         fail("--exit-after-demo needs the demo")
     _until_signalled(lambda stop: _up(config, agents, run_demo, exit_after_demo, stop))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -64,3 +65,24 @@ def test_the_demo_groups_jobs_and_installs_each_build_once(tmp_path: Path) -> No
     assert "24 jobs ran in 6 batches with 6 installs" in result.stdout
     assert "qgjob stopped." in result.stdout
     assert not _server_pids(tmp_path / "home")
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QG_")}
+        result = subprocess.run(
+            [*QGJOB, "up", "--no-demo", "--port", str(port)],
+            env={**env, "QG_HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"qgjob: error: port {port} is in use (another `qgjob up`?); "
+        "choose one with --port or QG_API_PORT"
+    )
