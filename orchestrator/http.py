@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import structlog
@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from infra import api, db
 from infra import nats as qnats
-from orchestrator import domain, queries
+from orchestrator import domain, metrics, openapi, queries
 from orchestrator.service import JobService
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ log = structlog.get_logger(__name__)
 SERVICE = web.AppKey("service", JobService)
 POOL = web.AppKey("pool", db.Pool)
 NATS = web.AppKey("nats", Client)
+OPENAPI = web.AppKey("openapi", bytes)
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
@@ -64,8 +65,14 @@ async def errors(
         return _error(404, str(exc))
     except domain.DomainError as exc:
         return _error(409, str(exc))
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (404 no route, 405, 413 too large) get the JSON body too.
+        response = _error(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except TimeoutError:
         log.warning("request_timed_out", path=request.path)
         return _error(503, "the event log did not answer in time; retry the request")
@@ -108,9 +115,9 @@ async def get_jobs(request: web.Request) -> web.Response:
 
 
 async def get_batches(request: web.Request) -> web.Response:
-    limit = msgspec.convert(request.query.get("limit", "50"), int, strict=False)
+    query = msgspec.convert(dict(request.query), queries.BatchFilter, strict=False)
     async with request.app[POOL].acquire() as conn:
-        return _json(api.BatchPage(batches=await queries.list_batches(conn, min(limit, 500))))
+        return _json(api.BatchPage(batches=await queries.list_batches(conn, query.limit)))
 
 
 async def get_queues(request: web.Request) -> web.Response:
@@ -142,17 +149,111 @@ async def get_health(request: web.Request) -> web.Response:
     return _json(health, 200 if status == "ok" else 503)
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        stats = await queries.stats(conn)
+    lag = await qnats.projector_lag(request.app[NATS].jetstream())
+    body = request.app[metrics.METRICS].render(stats, lag)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type=openapi.JSON)
+
+
+ROUTES = (
+    openapi.Route(
+        method="POST",
+        path="/jobs",
+        handler=post_jobs,
+        summary='Submit one job, or several as {"jobs": [...]}; a known idempotency key '
+        "answers 200 with the job it already made",
+        body=(api.JobSpec, api.BulkSubmit),
+        responses={201: (api.JobView, api.SubmitResponse), 200: api.JobView},
+        errors=(400, 422, 503),
+    ),
+    openapi.Route(
+        method="GET",
+        path="/jobs",
+        handler=get_jobs,
+        summary="Jobs, newest first, filtered and paged (from the read model)",
+        query=queries.JobFilter,
+        responses={200: api.JobPage},
+        errors=(422,),
+    ),
+    openapi.Route(
+        method="GET",
+        path="/jobs/{job_id}",
+        handler=get_job,
+        summary="One job, folded from its own events (strongly consistent)",
+        responses={200: api.JobView},
+        errors=(404, 503),
+    ),
+    openapi.Route(
+        method="DELETE",
+        path="/jobs/{job_id}",
+        handler=delete_job,
+        summary="Cancel a job that has not finished",
+        responses={200: api.JobView},
+        errors=(404, 409, 503),
+    ),
+    openapi.Route(
+        method="GET",
+        path="/batches",
+        handler=get_batches,
+        summary="Batches, most recently active first",
+        query=queries.BatchFilter,
+        responses={200: api.BatchPage},
+        errors=(422,),
+    ),
+    openapi.Route(
+        method="GET",
+        path="/queues",
+        handler=get_queues,
+        summary="Queued jobs per target and band, and the open batches",
+        responses={200: api.QueueView},
+    ),
+    openapi.Route(
+        method="GET",
+        path="/agents",
+        handler=get_agents,
+        summary="Registered agents and what each is doing",
+        responses={200: api.AgentPage},
+    ),
+    openapi.Route(
+        method="GET",
+        path="/health",
+        handler=get_health,
+        summary="Whether NATS and PostgreSQL answer, and the projectors' lag",
+        responses={200: api.Health, 503: api.Health},
+    ),
+    openapi.Route(
+        method="GET",
+        path="/metrics",
+        handler=get_metrics,
+        summary="Prometheus metrics",
+        responses={200: str},
+        media_type="text/plain",
+    ),
+    openapi.Route(
+        method="GET",
+        path="/openapi.json",
+        handler=get_openapi,
+        summary="This document",
+        responses={200: dict[str, Any]},
+    ),
+)
+
+
 def create_app(service: JobService, pool: db.Pool, nc: Client) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
+    """The API app: every route of `ROUTES`, behind the latency and error middlewares."""
+    app = web.Application(
+        middlewares=[metrics.record_latency, errors], client_max_size=MAX_BODY_BYTES
+    )
     app[SERVICE] = service
     app[POOL] = pool
     app[NATS] = nc
-    app.router.add_post("/jobs", post_jobs)
-    app.router.add_get("/jobs", get_jobs)
-    app.router.add_get("/jobs/{job_id}", get_job)
-    app.router.add_delete("/jobs/{job_id}", delete_job)
-    app.router.add_get("/batches", get_batches)
-    app.router.add_get("/queues", get_queues)
-    app.router.add_get("/agents", get_agents)
-    app.router.add_get("/health", get_health)
+    app[metrics.METRICS] = metrics.Metrics()
+    app[OPENAPI] = msgspec.json.encode(openapi.document(ROUTES))
+    app.add_routes(web.route(route.method, route.path, route.handler) for route in ROUTES)
     return app

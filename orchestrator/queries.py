@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 JOBS_PROJECTION = "jobs"
 _JOB_FILTERS = ("org_id", "app_version_id", "status", "target", "batch_id")
+PageLimit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 
 
 class JobFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -26,8 +27,15 @@ class JobFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     status: ev.JobStatus | None = None
     target: ev.Target | None = None
     batch_id: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
-    cursor: str | None = None
+    limit: PageLimit = 50
+    cursor: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$")] | None = None
+    """Opaque to clients: the `next_cursor` of the previous page."""
+
+
+class BatchFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Query parameters of `GET /batches`."""
+
+    limit: PageLimit = 50
 
 
 def job_view(state: lifecycle.JobState, events: list[str] | None = None) -> api.JobView:
@@ -123,17 +131,22 @@ async def list_batches(
     return [_batch_view(r) for r in rows]
 
 
-async def queue(conn: db.Connection) -> api.QueueView:
+async def pending_bands(conn: db.Connection) -> list[api.QueueBand]:
+    """Queued jobs per target and priority, with the oldest submission of each."""
     rows = await conn.fetch(
         "SELECT target, priority, count(*) AS pending, min(submitted_at) AS oldest_submitted_at"
         " FROM jobs WHERE status = 'queued' GROUP BY target, priority"
         " ORDER BY target, priority DESC"
     )
+    return [msgspec.convert(dict(r), api.QueueBand) for r in rows]
+
+
+async def queue(conn: db.Connection) -> api.QueueView:
     running = await conn.fetchval(
         "SELECT count(*) FROM jobs WHERE status IN ('assigned', 'running')"
     )
     return api.QueueView(
-        bands=[msgspec.convert(dict(r), api.QueueBand) for r in rows],
+        bands=await pending_bands(conn),
         open_batches=await list_batches(conn, limit=100, open_only=True),
         running=running,
     )
@@ -142,3 +155,55 @@ async def queue(conn: db.Connection) -> api.QueueView:
 async def list_agents(conn: db.Connection) -> api.AgentPage:
     rows = await conn.fetch("SELECT * FROM agents ORDER BY agent_id")
     return api.AgentPage(agents=[msgspec.convert(dict(r), api.AgentView) for r in rows])
+
+
+class Installs(msgspec.Struct, frozen=True, kw_only=True):
+    """Builds installed for one target, and the jobs that ran without an install of their own."""
+
+    target: ev.Target
+    installs: int
+    saved: int
+
+
+class Stats(msgspec.Struct, frozen=True, kw_only=True):
+    """The read-model counts behind `GET /metrics`, read from one snapshot."""
+
+    jobs: dict[ev.JobStatus, int]
+    bands: list[api.QueueBand]
+    open_batches: int
+    installs: list[Installs]
+    agents: dict[str, int]
+    retries: int
+    """Attempts beyond the first, over all jobs."""
+
+
+# Per batch, the jobs that started beyond the installs done for it ran on a device that
+# already had the build; summed per batch so that one batch's failed installs never
+# cancel out another's savings.
+_INSTALLS = """
+SELECT target, sum(installs)::bigint AS installs,
+       sum(GREATEST(started - installs, 0))::bigint AS saved
+FROM (SELECT b.target, b.installs,
+             count(j.job_id) FILTER (WHERE j.started_at IS NOT NULL) AS started
+      FROM batches b LEFT JOIN jobs j ON j.batch_id = b.batch_id
+      GROUP BY b.batch_id) AS per_batch
+GROUP BY target
+"""
+
+
+async def stats(conn: db.Connection) -> Stats:
+    """Counts of jobs, queues, installs and agents, consistent with one another."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        jobs = await conn.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+        agents = await conn.fetch("SELECT status, count(*) AS n FROM agents GROUP BY status")
+        return Stats(
+            jobs={ev.JobStatus(r["status"]): r["n"] for r in jobs},
+            bands=await pending_bands(conn),
+            open_batches=await conn.fetchval(
+                "SELECT count(DISTINCT batch_id) FROM jobs"
+                " WHERE status IN ('queued', 'assigned', 'running')"
+            ),
+            installs=[msgspec.convert(dict(r), Installs) for r in await conn.fetch(_INSTALLS)],
+            agents={r["status"]: r["n"] for r in agents},
+            retries=await conn.fetchval("SELECT coalesce(sum(attempt - 1), 0) FROM jobs"),
+        )

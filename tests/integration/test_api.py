@@ -154,3 +154,12 @@ async def test_cancel_a_queued_job_then_cancelling_again_is_409(stack: Stack) ->
     status, body = await stack.request("DELETE", f"/jobs/{job.job_id}")
     assert status == 409
     assert "already cancelled" in body["error"]
+
+
+async def test_every_error_is_json_even_from_the_router(stack: Stack) -> None:
+    status, body = await stack.request("GET", "/nowhere")
+    assert (status, body["error"]) == (404, "Not Found")
+    status, body = await stack.request("PUT", "/jobs")
+    assert status == 405
+    status, body = await stack.request("GET", "/jobs?cursor=abc")
+    assert (status, body["field"]) == (422, "cursor")
