@@ -209,11 +209,13 @@ def agents_view(page: api.AgentPage) -> RenderableType:
 
 
 def health_view(health: api.Health) -> RenderableType:
-    """E.g. `ok: nats up, database up, projector lag 0`."""
+    """E.g. `ok: nats up, database up, 3 projectors, projector lag 0`."""
     lag = _NONE if health.projector_lag is None else str(health.projector_lag)
+    projectors = _NONE if health.projectors is None else str(health.projectors)
     return Text.assemble(
         (health.status, "green" if health.status == "ok" else "bold red"),
-        f": nats {_up(health.nats)}, database {_up(health.database)}, projector lag {lag}",
+        f": nats {_up(health.nats)}, database {_up(health.database)}, "
+        f"{projectors} projectors, projector lag {lag}",
     )
 
 

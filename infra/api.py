@@ -160,6 +160,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     nats: bool
     database: bool
     projector_lag: int | None = None
+    projectors: int | None = None
+    """Read-model projectors following the stream (0: none is running)."""
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats
@@ -73,13 +74,22 @@ def projection_consumer_name(projection: str) -> str:
     return f"{PROJECTION_CONSUMER_PREFIX}{projection}"
 
 
-async def projector_lag(js: JetStreamContext) -> int:
-    """Events stored but not yet applied by the slowest read-model projector."""
-    lag = 0
+@dataclass(frozen=True)
+class ProjectorProgress:
+    following: int
+    """Read-model projectors whose durable consumer exists."""
+    lag: int
+    """Events stored but not yet applied by the slowest of them."""
+
+
+async def projector_progress(js: JetStreamContext) -> ProjectorProgress:
+    """How many read-model projectors follow QG_EVENTS, and how far the slowest trails."""
+    following = lag = 0
     for info in await js.consumers_info(ev.EVENTS_STREAM):
         if info.name.startswith(PROJECTION_CONSUMER_PREFIX):
+            following += 1
             lag = max(lag, (info.num_pending or 0) + (info.num_ack_pending or 0))
-    return lag
+    return ProjectorProgress(following=following, lag=lag)
 
 
 def work_consumer_name(target: ev.Target, band: int) -> str:

@@ -132,9 +132,9 @@ async def get_agents(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     nc = request.app[NATS]
-    lag: int | None = None
+    progress: qnats.ProjectorProgress | None = None
     try:
-        lag = await qnats.projector_lag(nc.jetstream())
+        progress = await qnats.projector_progress(nc.jetstream())
     except Exception:
         log.warning("health_nats_failed", exc_info=True)
     try:
@@ -143,17 +143,23 @@ async def get_health(request: web.Request) -> web.Response:
         db_ok = True
     except Exception:  # noqa: BLE001
         db_ok = False
-    nats_ok = nc.is_connected and lag is not None
+    nats_ok = nc.is_connected and progress is not None
     status: Literal["ok", "degraded"] = "ok" if nats_ok and db_ok else "degraded"
-    health = api.Health(status=status, nats=nats_ok, database=db_ok, projector_lag=lag)
+    health = api.Health(
+        status=status,
+        nats=nats_ok,
+        database=db_ok,
+        projector_lag=None if progress is None else progress.lag,
+        projectors=None if progress is None else progress.following,
+    )
     return _json(health, 200 if status == "ok" else 503)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         stats = await queries.stats(conn)
-    lag = await qnats.projector_lag(request.app[NATS].jetstream())
-    body = request.app[metrics.METRICS].render(stats, lag)
+    progress = await qnats.projector_progress(request.app[NATS].jetstream())
+    body = request.app[metrics.METRICS].render(stats, progress.lag)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

@@ -26,6 +26,18 @@ if TYPE_CHECKING:
     from agent.runners import Runner
 
 
+JOB = {
+    "org_id": "qualgent",
+    "app_version_id": "xyz123",
+    "test_path": "tests/a.spec.js",
+    "target": "emulator",
+}
+"""A valid `POST /jobs` body for tests to vary."""
+
+
+READ_MODELS = len(projections_app.read_models())
+
+
 class Stack:
     """A running stack and a small HTTP client for it."""
 
@@ -84,7 +96,8 @@ class Stack:
         async with asyncio.timeout(timeout_s):
             while True:
                 _, health = await self.request("GET", "/health")
-                if health["projector_lag"] == 0:
+                # All three read models follow the stream, and none trails it.
+                if health["projectors"] == READ_MODELS and health["projector_lag"] == 0:
                     return
                 await asyncio.sleep(0.05)
 
@@ -115,16 +128,15 @@ def simulated_agents(
 async def running_stack(
     servers: embedded.Servers,
     agents: list[tuple[AgentConfig, Runner]],
-    *,
-    with_projectors: bool = True,
 ) -> AsyncIterator[Stack]:
     """Start the components, wait for the API, yield; stop them all on exit."""
     port = embedded.free_port()
     config = msgspec.structs.replace(settings.Settings(), api_port=port)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(orchestrator_app.run(config, servers, stop))]
-    if with_projectors:
-        tasks.append(asyncio.create_task(projections_app.run(config, servers, stop)))
+    tasks = [
+        asyncio.create_task(orchestrator_app.run(config, servers, stop)),
+        asyncio.create_task(projections_app.run(config, servers, stop)),
+    ]
     async with aiohttp.ClientSession() as session:
         stack = Stack(f"http://127.0.0.1:{port}", session)
         async with asyncio.timeout(30):

@@ -7,26 +7,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from infra import nats as qnats
-from tests.stack import Stack, running_stack
+from tests.stack import JOB, Stack
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from infra import embedded
-
-JOB = {
-    "org_id": "qualgent",
-    "app_version_id": "xyz123",
-    "test_path": "tests/a.spec.js",
-    "target": "emulator",
-}
-
-
-@pytest.fixture
-async def stack(qg_servers: embedded.Servers) -> AsyncIterator[Stack]:
-    """A stack without agents: jobs stay queued where a test needs them to."""
-    async with running_stack(qg_servers, []) as running:
-        yield running
 
 
 async def stream_size(servers: embedded.Servers) -> int:

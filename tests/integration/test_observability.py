@@ -12,19 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra import api
 from infra import events as ev
-from tests.stack import Stack, running_stack, simulated_agents
+from tests.stack import JOB, Stack, running_stack, simulated_agents
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from infra import embedded
 
-JOB = {
-    "org_id": "qualgent",
-    "app_version_id": "xyz123",
-    "test_path": "tests/a.spec.js",
-    "target": "emulator",
-}
 ENDPOINTS = {
     "/jobs": {"get", "post"},
     "/jobs/{job_id}": {"get", "delete"},
@@ -50,13 +42,6 @@ REJECTED_CHANGES: list[dict[str, object]] = [
 LATENCY = "qgjob_http_request_duration_seconds"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-async def stack(qg_servers: embedded.Servers) -> AsyncIterator[Stack]:
-    """A stack without agents: nothing appends events unless the test does."""
-    async with running_stack(qg_servers, []) as running:
-        yield running
 
 
 async def scrape(stack: Stack) -> Samples:
