@@ -6,7 +6,7 @@ venv := ".venv/bin/"
 up *ARGS:
     {{venv}}qgjob up {{ARGS}}
 
-# The whole test suite (unit, integration, acceptance, chaos, lint).
+# The whole test suite (unit, integration, acceptance, lint).
 test *ARGS:
     {{venv}}pytest {{ARGS}}
 

@@ -37,7 +37,7 @@ class TicketSource:
     async def open(self) -> None:
         for target in self._targets:
             self._wakers.append(
-                await self._nc.subscribe(f"qg.work.{target.value}.>", cb=self._on_ticket)
+                await self._nc.subscribe(ev.work_subjects(target), cb=self._on_ticket)
             )
             for band in qnats.BANDS:
                 self._subs[(target, band)] = await self._js.pull_subscribe_bind(

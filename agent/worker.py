@@ -51,7 +51,7 @@ class Agent:
         self._events = events
         self._runner = runner
         self.config = config
-        self._installed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._installed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work tickets until `stop` is set; a batch in progress gives back its unstarted
@@ -84,18 +84,27 @@ class Agent:
             await msg.in_progress()
 
     async def _work(self, msg: Msg, stop: asyncio.Event) -> None:
-        ticket = ev.ticket_decoder.decode(msg.data)
+        """Work one ticket. A ticket that is not a ticket is terminated; any other failure
+        (NATS or the claim service away, say) gives the ticket back for a later try
+        instead of stopping this agent and its sibling slots."""
+        try:
+            ticket = ev.ticket_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("ticket_rejected", data=msg.data[:200])
+            await msg.term()
+            return
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
             spent = await self._work_batch(ticket, stop)
+        except Exception:
+            log.exception("batch_failed", batch_id=ticket.batch_id)
+            spent = False
         finally:
             keep_alive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await keep_alive
-        if spent:
-            await msg.ack_sync()
-        else:
-            await msg.nak(delay=1.0)
+        with contextlib.suppress(Exception):  # NATS away: AckWait redelivers the ticket
+            await (msg.ack_sync() if spent else msg.nak(delay=1.0))
 
     async def _claim(self, ticket: ev.WorkTicket) -> rpc.ClaimResponse:
         request = rpc.ClaimRequest(
@@ -134,7 +143,7 @@ class Agent:
     async def _ensure_installed(
         self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState]
     ) -> bool:
-        key = (ticket.app_version_id, ticket.target.value)
+        key = (ticket.org_id, ticket.app_version_id, ticket.target.value)
         if key in self._installed:
             self._installed.move_to_end(key)
             return True
@@ -256,5 +265,5 @@ class Agent:
                 "job_finished",
                 job_id=job.job_id,
                 batch_id=job.batch_id,
-                verdict=type(verdict).__struct_config__.tag,
+                verdict=ev.tag_of(verdict),
             )

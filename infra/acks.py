@@ -68,7 +68,13 @@ class AckPipeline:
         token = str(next(self._tokens))
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
-        await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        try:
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+            )
+        except BaseException:
+            del self._waiting[token]
+            raise
         return future
 
     def forget(self, futures: list[asyncio.Future[Ack]]) -> None:

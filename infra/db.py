@@ -1,7 +1,7 @@
 """PostgreSQL access: the asyncpg pool and the read-model migrations.
 
-Read-model tables live in one PostgreSQL schema (default `qg`); a replay builds a fresh
-schema with the same migrations and swaps it in.
+Read-model tables live in one PostgreSQL schema (default `qg`); the same migrations can
+build another schema, which tests and the replay benchmark fold into from sequence 1.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ AgentId = NewType("AgentId", str)
 EVENTS_STREAM = "QG_EVENTS"
 WORK_STREAM = "QG_WORK"
 EVENT_SUBJECTS = "qg.evt.>"
+JOB_EVENT_SUBJECTS = "qg.evt.job.>"
 WORK_SUBJECTS = "qg.work.>"
 CLAIM_SUBJECT = "qg.rpc.claim"
 
@@ -198,6 +199,12 @@ _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
+def tag_of(event: Event) -> str:
+    """An event's wire tag, e.g. `job.submitted`."""
+    tag: str = type(event).__struct_config__.tag  # type: ignore[assignment]
+    return tag
+
+
 def encode(event: Event) -> bytes:
     """Serialise an event for the stream."""
     return _encoder.encode(event)
@@ -234,6 +241,11 @@ def agent_subject(agent_id: str) -> str:
 def work_subject(target: Target, band: int) -> str:
     """The QG_WORK subject of a dispatch ticket for one target and priority band."""
     return f"qg.work.{target.value}.p{band}"
+
+
+def work_subjects(target: Target) -> str:
+    """Every band's ticket subject of one target."""
+    return f"qg.work.{target.value}.>"
 
 
 class WorkTicket(msgspec.Struct, frozen=True, kw_only=True):

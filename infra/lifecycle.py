@@ -67,13 +67,9 @@ class JobState(msgspec.Struct, kw_only=True):
 _ACTIVE = frozenset({JobStatus.ASSIGNED, JobStatus.RUNNING})
 
 
-def _tag(event: ev.Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[return-value]
-
-
 def _require(state: JobState, allowed: frozenset[JobStatus], event: ev.Event) -> None:
     if state.status not in allowed:
-        raise IllegalTransition(state.job_id, state.status, _tag(event))
+        raise IllegalTransition(state.job_id, state.status, ev.tag_of(event))
 
 
 def start(event: ev.JobSubmitted, seq: int = 0) -> JobState:
@@ -99,7 +95,7 @@ def evolve(state: JobState, event: ev.JobEvent, seq: int = 0) -> JobState:
     s = msgspec.structs.replace(state, version=seq or state.version)
     match event:
         case ev.JobSubmitted():
-            raise IllegalTransition(state.job_id, state.status, _tag(event))
+            raise IllegalTransition(state.job_id, state.status, ev.tag_of(event))
         case ev.JobAssigned():
             _require(state, frozenset({JobStatus.QUEUED}), event)
             s.status, s.agent_id, s.assigned_at = JobStatus.ASSIGNED, event.agent_id, event.at
@@ -133,7 +129,7 @@ def evolve(state: JobState, event: ev.JobEvent, seq: int = 0) -> JobState:
             s.status, s.reason = JobStatus.DEAD, event.reason
         case ev.JobCancelled():
             if state.terminal:
-                raise IllegalTransition(state.job_id, state.status, _tag(event))
+                raise IllegalTransition(state.job_id, state.status, ev.tag_of(event))
             s.status, s.finished_at, s.reason = JobStatus.CANCELLED, event.at, event.reason
     return s
 
@@ -144,7 +140,7 @@ def fold(events: Iterable[tuple[int, ev.JobEvent]]) -> JobState | None:
     for seq, event in events:
         if state is None:
             if not isinstance(event, ev.JobSubmitted):
-                raise IllegalTransition(event.job_id, "unknown", _tag(event))
+                raise IllegalTransition(event.job_id, "unknown", ev.tag_of(event))
             state = start(event, seq)
         else:
             state = evolve(state, event, seq)

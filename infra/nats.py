@@ -40,7 +40,7 @@ async def close(nc: Client) -> None:
         await nc.close()
 
 
-async def declare_streams(js: JetStreamContext, replicas: int = 1) -> None:
+async def declare_streams(js: JetStreamContext) -> None:
     """Create or update QG_EVENTS (the log) and QG_WORK (dispatch tickets)."""
     events = api.StreamConfig(
         name=ev.EVENTS_STREAM,
@@ -49,7 +49,6 @@ async def declare_streams(js: JetStreamContext, replicas: int = 1) -> None:
         retention=api.RetentionPolicy.LIMITS,
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_direct=True,
-        num_replicas=replicas,
     )
     work = api.StreamConfig(
         name=ev.WORK_STREAM,
@@ -57,7 +56,6 @@ async def declare_streams(js: JetStreamContext, replicas: int = 1) -> None:
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.WORK_QUEUE,
         duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=replicas,
     )
     for config in (events, work):
         try:

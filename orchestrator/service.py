@@ -76,7 +76,7 @@ class JobService:
         state = lifecycle.fold(pairs)
         if state is None:
             raise domain.JobNotFound(job_id)
-        return state, [type(e).__struct_config__.tag for _, e in pairs]  # type: ignore[misc]
+        return state, [ev.tag_of(e) for _, e in pairs]
 
     async def get(self, job_id: str) -> api.JobView:
         """The job as its own subject says now (strongly consistent)."""

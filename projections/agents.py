@@ -70,7 +70,7 @@ class AgentsProjection:
     """Folds agent, assignment and install events into `agents`."""
 
     name = "agents"
-    filter_subject = "qg.evt.>"
+    filter_subject = ev.EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:
         relevant = [(e, a) for _, e in events if (a := _agent_of(e)) is not None]

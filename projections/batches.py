@@ -30,7 +30,7 @@ class BatchesProjection:
     """Folds submissions and batch events into `batches`."""
 
     name = "batches"
-    filter_subject = "qg.evt.>"
+    filter_subject = ev.EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:
         submitted: dict[str, tuple[str, str, str, str, datetime, datetime]] = {}

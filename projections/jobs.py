@@ -33,7 +33,7 @@ class JobsProjection:
     """Folds job events into `jobs`."""
 
     name = "jobs"
-    filter_subject = "qg.evt.job.>"
+    filter_subject = ev.JOB_EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:
         job_events = [(seq, e) for seq, e in events if isinstance(e, ev.JobEvent)]
