@@ -8,6 +8,7 @@ import msgspec
 
 from agent.runners.simulated import SimulatedConfig
 from infra import events as ev
+from infra import nats as qnats
 from tests.stack import running_stack, simulated_agents
 
 if TYPE_CHECKING:
@@ -124,3 +125,17 @@ async def test_cancelling_a_running_job_stops_its_test_and_the_agent_moves_on(
         await stack.request("DELETE", f"/jobs/{nxt.job_id}")
     assert agents["agents"][0]["jobs_run"] == 0, "the cancelled test never got a verdict"
     assert body["events"][-1] == "job.cancelled"
+
+
+async def test_a_malformed_ticket_is_dropped_and_the_agent_keeps_working(
+    qg_servers: embedded.Servers,
+) -> None:
+    async with running_stack(qg_servers, simulated_agents(1)) as stack:
+        nc = await qnats.connect(qg_servers.nats_url, "test")
+        try:
+            await nc.jetstream().publish(ev.work_subject(ev.Target.EMULATOR, 5), b"not a ticket")
+        finally:
+            await nc.close()
+        job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
+        [view] = await stack.wait_all([job.job_id])
+    assert view.status == "passed"
