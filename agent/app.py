@@ -41,6 +41,7 @@ async def run(
         await qnats.declare_streams(js)
         await qnats.declare_work_consumers(js, max(c.ticket_ack_wait_s for c, _ in agents))
         events = EventLog(nc)
+        registry = await qnats.registry(js, max(c.heartbeat_ttl_s for c, _ in agents))
         async with asyncio.TaskGroup() as tasks:
             for config, runner in agents:
-                tasks.create_task(Agent(nc, events, runner, config).run(stop))
+                tasks.create_task(Agent(nc, events, registry, runner, config).run(stop))

@@ -57,12 +57,19 @@ class TicketSource:
         for band in qnats.BANDS:
             for target in self._targets:
                 sub = self._subs[(target, band)]
-                if (await sub.consumer_info()).num_pending == 0:
+                info = await sub.consumer_info()
+                if info.num_pending:
+                    timeout = 0.5
+                elif info.num_ack_pending:
+                    # Tickets held by agents: one whose holder died is redelivered after
+                    # AckWait, and counts as pending no more; a short fetch finds it.
+                    timeout = 0.05
+                else:
                     continue
                 try:
-                    msgs = await sub.fetch(1, timeout=0.5)
+                    msgs = await sub.fetch(1, timeout=timeout)
                 except (TimeoutError, nats.errors.TimeoutError):
-                    continue  # another agent took it first
+                    continue  # another agent took it first, or nothing is due yet
                 if msgs:
                     return msgs[0]
         return None

@@ -17,12 +17,13 @@ from agent import cancels
 from agent.runners import RunnerError
 from agent.tickets import TicketSource
 from infra import events as ev
-from infra import lifecycle, rpc
+from infra import lifecycle, requeue, rpc
 from infra.eventlog import ConcurrencyConflict
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.js.kv import KeyValue
 
     from agent.runners import Runner
     from infra.eventlog import EventLog
@@ -37,6 +38,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     targets: tuple[ev.Target, ...]
     max_attempts: int = 3
     ticket_ack_wait_s: float = 30.0
+    heartbeat_ttl_s: float = 10.0
     claim_timeout_s: float = 10.0
     install_timeout_s: float = 900.0
     install_cache_size: int = 8
@@ -46,9 +48,17 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
 class Agent:
     """One device slot serving one or more targets."""
 
-    def __init__(self, nc: Client, events: EventLog, runner: Runner, config: AgentConfig) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        events: EventLog,
+        registry: KeyValue,
+        runner: Runner,
+        config: AgentConfig,
+    ) -> None:
         self._nc = nc
         self._events = events
+        self._registry = registry
         self._runner = runner
         self.config = config
         self._installed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
@@ -68,15 +78,29 @@ class Agent:
         )
         structlog.contextvars.bind_contextvars(agent_id=cfg.agent_id)
         log.info("agent_registered", targets=[t.value for t in cfg.targets])
+        await self._beat()
+        heartbeat = asyncio.create_task(self._heartbeat())
         tickets = TicketSource(self._nc, cfg.targets)
         await tickets.open()
         try:
             while (msg := await tickets.next(stop)) is not None:
                 await self._work(msg, stop)
         finally:
+            heartbeat.cancel()
             await tickets.close()
             await self._events.append(ev.AgentStopped(at=ev.utcnow(), agent_id=cfg.agent_id))
+            await self._registry.delete(cfg.agent_id)
             log.info("agent_stopped")
+
+    async def _beat(self) -> None:
+        await self._registry.put(self.config.agent_id, b"alive")
+
+    async def _heartbeat(self) -> None:
+        """Keep the registry key alive; an agent that stops beating is declared lost."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_ttl_s / 3)
+            with contextlib.suppress(Exception):  # NATS away: the next beat tries again
+                await self._beat()
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -206,20 +230,10 @@ class Agent:
             )
 
     async def _error(self, job: lifecycle.JobState, reason: str) -> None:
-        errored = await self._append(
-            job,
-            ev.JobErrored(
-                at=ev.utcnow(),
-                job_id=job.job_id,
-                agent_id=self.config.agent_id,
-                attempt=job.attempt,
-                reason=reason,
-            ),
-        )
-        if errored is not None:
-            await self._append(
-                errored, lifecycle.after_infra_error(errored, self.config.max_attempts, ev.utcnow())
-            )
+        if not await requeue.error_job(
+            self._events, job, self.config.agent_id, reason, self.config.max_attempts
+        ):
+            log.warning("job_taken_over", job_id=job.job_id)
 
     async def _run(self, job: lifecycle.JobState) -> None:
         agent_id = self.config.agent_id

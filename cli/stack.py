@@ -110,6 +110,7 @@ def _simulated_agents(
                 targets=tuple(targets),
                 max_attempts=config.max_attempts,
                 ticket_ack_wait_s=config.ticket_ack_wait_s,
+                heartbeat_ttl_s=config.agent_ttl_s,
             ),
             agent_app.simulated_runner(runner, slot),
         )

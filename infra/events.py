@@ -179,6 +179,12 @@ class AgentStopped(_Event, frozen=True, tag="agent.stopped"):
     agent_id: AgentId
 
 
+class AgentLost(_Event, frozen=True, tag="agent.lost"):
+    """The agent's heartbeat expired; its unfinished jobs are requeued."""
+
+    agent_id: AgentId
+
+
 JobEvent = (
     JobSubmitted
     | JobAssigned
@@ -192,7 +198,7 @@ JobEvent = (
     | JobCancelled
 )
 BatchEvent = BuildInstalled | BatchDrained
-AgentEvent = AgentRegistered | AgentStopped
+AgentEvent = AgentRegistered | AgentStopped | AgentLost
 Event = JobEvent | BatchEvent | AgentEvent
 
 _encoder = msgspec.json.Encoder()
@@ -220,7 +226,7 @@ def subject_of(event: Event) -> str:
     match event:
         case BuildInstalled() | BatchDrained():
             return batch_subject(event.batch_id)
-        case AgentRegistered() | AgentStopped():
+        case AgentRegistered() | AgentStopped() | AgentLost():
             return agent_subject(event.agent_id)
         case _:
             return job_subject(event.job_id)

@@ -14,6 +14,7 @@ from infra import events as ev
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
 
 DUPLICATE_WINDOW_S = 120.0
 BANDS = (5, 4, 3, 2, 1)
@@ -88,6 +89,17 @@ async def projector_progress(js: JetStreamContext) -> ProjectorProgress:
             following += 1
             lag = max(lag, (info.num_pending or 0) + (info.num_ack_pending or 0))
     return ProjectorProgress(following=following, lag=lag)
+
+
+REGISTRY_BUCKET = "QG_AGENTS"
+
+
+async def registry(js: JetStreamContext, ttl_s: float) -> KeyValue:
+    """The agents' heartbeat bucket: a key lives `ttl_s` after its agent's last beat."""
+    try:
+        return await js.create_key_value(bucket=REGISTRY_BUCKET, ttl=ttl_s)
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(REGISTRY_BUCKET)  # made already, perhaps with another TTL
 
 
 def work_consumer_name(target: ev.Target, band: int) -> str:

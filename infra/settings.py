@@ -23,6 +23,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_url: str = f"http://127.0.0.1:{DEFAULT_API_PORT}"
     max_attempts: int = 3
     """Infrastructure attempts per job before it is dead."""
+    agent_ttl_s: float = 10.0
+    """An agent whose heartbeat is older than this is lost and its jobs are requeued."""
     ticket_ack_wait_s: float = 30.0
     """How long an agent may hold a dispatch ticket without extending it."""
     log_format: str = "auto"
@@ -42,6 +44,7 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         api_port=port,
         api_url=env.get("QG_API_URL", f"http://127.0.0.1:{port}").rstrip("/"),
         max_attempts=int(env.get("QG_MAX_ATTEMPTS", defaults.max_attempts)),
+        agent_ttl_s=float(env.get("QG_AGENT_TTL_S", defaults.agent_ttl_s)),
         ticket_ack_wait_s=float(env.get("QG_TICKET_ACK_WAIT_S", defaults.ticket_ack_wait_s)),
         log_format=env.get("QG_LOG_FORMAT", defaults.log_format),
     )

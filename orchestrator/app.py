@@ -10,10 +10,12 @@ import structlog
 from aiohttp import web
 
 from infra import connections, embedded
+from infra import nats as qnats
 from infra.eventlog import EventLog
 from orchestrator import http
 from orchestrator.claims import ClaimServer
 from orchestrator.service import JobService
+from orchestrator.sweeper import LostAgentSweeper
 
 if TYPE_CHECKING:
     import asyncio
@@ -28,7 +30,8 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
     async with contextlib.AsyncExitStack() as stack:
         conns = await connections.open_all(stack, servers, "qgjob-orchestrator")
         nc, pool = conns.nc, conns.pool
-        service = JobService(EventLog(conns.nc), pool)
+        events = EventLog(conns.nc)
+        service = JobService(events, pool)
         claims = ClaimServer(nc, service)
         await claims.start()
         stack.push_async_callback(claims.stop)
@@ -38,5 +41,12 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         site = web.TCPSite(runner, settings.api_host, settings.api_port)
         await site.start()
         log.info("orchestrator_started", url=f"http://{settings.api_host}:{settings.api_port}")
-        await stop.wait()
+        sweeper = LostAgentSweeper(
+            events,
+            pool,
+            await qnats.registry(conns.js, settings.agent_ttl_s),
+            settings.max_attempts,
+            interval_s=settings.agent_ttl_s / 2,
+        )
+        await sweeper.run(stop)
         log.info("orchestrator_stopping")

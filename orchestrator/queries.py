@@ -207,3 +207,9 @@ async def stats(conn: db.Connection) -> Stats:
             agents={r["status"]: r["n"] for r in agents},
             retries=await conn.fetchval("SELECT coalesce(sum(attempt - 1), 0) FROM jobs"),
         )
+
+
+async def active_jobs(conn: db.Connection) -> list[lifecycle.JobState]:
+    """Jobs an agent holds: assigned or running."""
+    rows = await conn.fetch("SELECT * FROM jobs WHERE status IN ('assigned', 'running')")
+    return [lifecycle.from_row(r) for r in rows]

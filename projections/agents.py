@@ -40,6 +40,7 @@ def _agent_of(event: ev.Event) -> str | None:
         case (
             ev.AgentRegistered()
             | ev.AgentStopped()
+            | ev.AgentLost()
             | ev.JobAssigned()
             | ev.JobPassed()
             | ev.JobFailed()
@@ -55,6 +56,8 @@ def _evolve(row: AgentRow, event: ev.Event) -> None:
     match event:
         case ev.AgentStopped():
             row.status, row.batch_id = "stopped", None
+        case ev.AgentLost():
+            row.status, row.batch_id = "lost", None
         case ev.JobAssigned():
             row.status, row.batch_id = "busy", event.batch_id
         case ev.BatchDrained():

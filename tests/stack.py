@@ -128,10 +128,12 @@ def simulated_agents(
 async def running_stack(
     servers: embedded.Servers,
     agents: list[tuple[AgentConfig, Runner]],
+    **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """Start the components, wait for the API, yield; stop them all on exit."""
+    """Start the components (with `overrides` of their Settings), wait for the API,
+    yield; stop them all on exit."""
     port = embedded.free_port()
-    config = msgspec.structs.replace(settings.Settings(), api_port=port)
+    config = msgspec.structs.replace(settings.Settings(), api_port=port, **overrides)
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(orchestrator_app.run(config, servers, stop)),

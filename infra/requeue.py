@@ -1,0 +1,36 @@
+"""Recording an infrastructure failure of an active job, and what follows it: another
+attempt while attempts remain, else `dead`. Shared by agents (install failed, test timed
+out) and the orchestrator (agent lost)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from infra import events as ev
+from infra import lifecycle
+from infra.eventlog import ConcurrencyConflict
+
+if TYPE_CHECKING:
+    from infra.eventlog import EventLog
+
+
+async def error_job(
+    events: EventLog,
+    job: lifecycle.JobState,
+    agent_id: ev.AgentId,
+    reason: str,
+    max_attempts: int,
+) -> bool:
+    """Append `JobErrored` and its follow-up, each guarded by the job's version; False
+    when someone else moved the job first (it is theirs then, and nothing is written)."""
+    errored = ev.JobErrored(
+        at=ev.utcnow(), job_id=job.job_id, agent_id=agent_id, attempt=job.attempt, reason=reason
+    )
+    try:
+        appended = await events.append(errored, expected_seq=job.version)
+        state = lifecycle.evolve(job, errored, appended.seq)
+        follow_up = lifecycle.after_infra_error(state, max_attempts, ev.utcnow())
+        await events.append(follow_up, expected_seq=state.version)
+    except ConcurrencyConflict:
+        return False
+    return True

@@ -1,0 +1,83 @@
+"""The lost-agent sweep: jobs held by an agent whose heartbeat expired are requeued."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import structlog
+from nats.js.errors import KeyNotFoundError
+
+from infra import events as ev
+from infra import lifecycle, requeue
+from orchestrator import queries
+
+if TYPE_CHECKING:
+    from nats.js.kv import KeyValue
+
+    from infra import db
+    from infra.eventlog import EventLog
+
+log = structlog.get_logger(__name__)
+
+
+class LostAgentSweeper:
+    """Every `interval_s`: for each agent holding assigned or running jobs, is its
+    registry key still there? If not, record `AgentLost` and requeue its jobs (attempt
+    counted). Guarded appends make a second sweeper, or a late agent, harmless."""
+
+    def __init__(
+        self,
+        events: EventLog,
+        pool: db.Pool,
+        registry: KeyValue,
+        max_attempts: int,
+        interval_s: float,
+    ) -> None:
+        self._events = events
+        self._pool = pool
+        self._registry = registry
+        self._max_attempts = max_attempts
+        self._interval_s = interval_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval_s)
+                return
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep_failed")
+
+    async def _alive(self, agent_id: str) -> bool:
+        try:
+            await self._registry.get(agent_id)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def sweep(self) -> int:
+        """One pass; returns how many jobs it requeued."""
+        async with self._pool.acquire() as conn:
+            active = await queries.active_jobs(conn)
+        held: dict[str, list[lifecycle.JobState]] = defaultdict(list)
+        for job in active:
+            if job.agent_id is not None:
+                held[job.agent_id].append(job)
+        requeued = 0
+        for agent_id, jobs in held.items():
+            if await self._alive(agent_id):
+                continue
+            await self._events.append(
+                ev.AgentLost(at=ev.utcnow(), agent_id=ev.AgentId(agent_id)),
+                msg_id=f"lost:{agent_id}:{max(j.version for j in jobs)}",
+            )
+            log.warning("agent_lost", agent_id=agent_id, jobs=len(jobs))
+            for job in jobs:
+                requeued += await requeue.error_job(
+                    self._events, job, ev.AgentId(agent_id), "agent lost", self._max_attempts
+                )
+        return requeued

@@ -1,0 +1,68 @@
+"""An agent killed in the middle of a test: its job is requeued and finishes elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from agent import app as agent_app
+from tests.stack import running_stack, simulated_agents
+
+if TYPE_CHECKING:
+    from infra import embedded
+
+FAST = {"agent_ttl_s": 1.0, "ticket_ack_wait_s": 2.0}
+
+
+async def test_a_killed_agents_job_is_requeued_and_passes_on_another_agent(
+    qg_servers: embedded.Servers,
+) -> None:
+    env = {
+        **os.environ,
+        "QG_NATS_URL": qg_servers.nats_url,
+        "QG_AGENT_TTL_S": "1",
+        "QG_TICKET_ACK_WAIT_S": "2",
+        "QG_LOG_FORMAT": "json",
+    }
+    async with running_stack(qg_servers, [], **FAST) as stack:
+        doomed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli",
+            "agent",
+            "--target",
+            "emulator",
+            "--name",
+            "doomed",
+            "--install-s",
+            "0",
+            "--test-s",
+            "600",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
+            running = await stack.reach(job.job_id, "running", timeout_s=30)
+        finally:
+            doomed.kill()  # SIGKILL mid-test: no goodbye, no AgentStopped
+            await doomed.wait()
+        assert running.agent_id == "doomed-1"
+        [(config, runner)] = simulated_agents(1, prefix="healthy")
+        healthy = msgspec.structs.replace(config, ticket_ack_wait_s=2.0, heartbeat_ttl_s=1.0)
+        stop = asyncio.Event()
+        agents = asyncio.create_task(agent_app.run(qg_servers, [(healthy, runner)], stop))
+        try:
+            [view] = await stack.wait_all([job.job_id], timeout_s=60)
+        finally:
+            stop.set()
+            await agents
+        _, listed = await stack.request("GET", "/agents")
+    assert (view.status, view.agent_id, view.attempt) == ("passed", "healthy-0", 2)
+    assert view.events.count("job.errored") == 1
+    assert {a["agent_id"]: a["status"] for a in listed["agents"]}["doomed-1"] == "lost"
