@@ -66,5 +66,25 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> None:
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1)", file_name)
 
 
+async def checkpoint(conn: Connection, projection: str) -> int:
+    """The last stream sequence a read-model projector applied (0: none yet)."""
+    seq: int | None = await conn.fetchval(
+        "SELECT last_seq FROM checkpoints WHERE projection = $1", projection
+    )
+    return seq or 0
+
+
+def upsert_sql(table: str, columns: tuple[str, ...], keep: tuple[str, ...] = ()) -> str:
+    """`INSERT ... ON CONFLICT (first column) DO UPDATE` of every column but the key and
+    `keep` (columns a later row must not overwrite)."""
+    updated = [c for c in columns[1:] if c not in keep]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
+        f"ON CONFLICT ({columns[0]}) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in updated)
+    )
+
+
 async def drop_schema(conn: Connection, schema: str) -> None:
     await conn.execute(f"DROP SCHEMA IF EXISTS {_checked(schema)} CASCADE")

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 
-from infra import api, lifecycle
+from infra import api, db, lifecycle
 from infra import events as ev
-
-if TYPE_CHECKING:
-    from infra import db
 
 JOBS_PROJECTION = "jobs"
 _JOB_FILTERS = ("org_id", "app_version_id", "status", "target", "batch_id")
@@ -87,10 +84,8 @@ async def wait_for_checkpoint(pool: db.Pool, projection: str, seq: int, timeout_
     delay = 0.002
     while True:
         async with pool.acquire() as conn:
-            applied = await conn.fetchval(
-                "SELECT last_seq FROM checkpoints WHERE projection = $1", projection
-            )
-        if (applied or 0) >= seq:
+            applied = await db.checkpoint(conn, projection)
+        if applied >= seq:
             return True
         if time.monotonic() >= deadline:
             return False

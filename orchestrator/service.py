@@ -60,13 +60,17 @@ class JobService:
             [Append(e, msg_id=f"submit:{e.job_id}", expected_seq=0) for e in events]
         )
         recorded: list[tuple[api.JobView, bool]] = []
+        known: list[ev.JobId] = []
         for event, result in zip(events, results, strict=True):
             if isinstance(result, ConcurrencyConflict) or result.duplicate:
-                recorded.append((await self.get(event.job_id), False))
+                known.append(event.job_id)
             else:
                 state = lifecycle.start(event, result.seq)
                 recorded.append((queries.job_view(state, [_SUBMITTED]), True))
-        return recorded
+        # Jobs an idempotency key already named are read back together, not one by one.
+        recorded += [(view, False) for view in await asyncio.gather(*map(self.get, known))]
+        order = {event.job_id: index for index, event in enumerate(events)}
+        return sorted(recorded, key=lambda pair: order[ev.JobId(pair[0].job_id)])
 
     async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[str]]:
         if not domain.is_job_id(job_id):

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from infra import db
 from infra import events as ev
 
 if TYPE_CHECKING:
-    from infra import db
     from projections.runner import Batch
 
 
@@ -27,12 +27,7 @@ class AgentRow(msgspec.Struct, kw_only=True):
     installs: int = 0
 
 
-_COLUMNS = AgentRow.__struct_fields__
-_UPSERT = (
-    f"INSERT INTO agents ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))}) "
-    "ON CONFLICT (agent_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[1:])
-)
+_UPSERT = db.upsert_sql("agents", AgentRow.__struct_fields__)
 
 
 def _agent_of(event: ev.Event) -> str | None:

@@ -7,22 +7,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from infra import db, lifecycle
 from infra import events as ev
-from infra import lifecycle
 
 if TYPE_CHECKING:
-    from infra import db
     from projections.runner import Batch
 
 log = structlog.get_logger(__name__)
 
 COLUMNS = (*lifecycle.JobState.__struct_fields__, "submit_seq")
-_MUTABLE = [c for c in COLUMNS if c not in ("job_id", "submit_seq")]
-_UPSERT = (
-    f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "
-    "ON CONFLICT (job_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _MUTABLE)
-)
+_UPSERT = db.upsert_sql("jobs", COLUMNS, keep=("submit_seq",))
 
 
 def _row(state: lifecycle.JobState, submit_seq: int) -> tuple[Any, ...]:

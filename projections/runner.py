@@ -43,13 +43,6 @@ class Projection(Protocol):
         transaction."""
 
 
-async def checkpoint(conn: db.Connection, name: str) -> int:
-    seq: int | None = await conn.fetchval(
-        "SELECT last_seq FROM checkpoints WHERE projection = $1", name
-    )
-    return seq or 0
-
-
 def decode_batch(msgs: Sequence[Msg], after: int) -> tuple[list[tuple[int, ev.Event]], int]:
     """Decode messages above sequence `after`; returns the events and the highest sequence
     seen. A malformed message is logged and skipped so that it never stops a projector."""
@@ -91,7 +84,7 @@ class ProjectionRunner:
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         async with self._pool.acquire() as conn:
-            self.position = await checkpoint(conn, self._projection.name)
+            self.position = await db.checkpoint(conn, self._projection.name)
         with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(ev.EVENTS_STREAM, self._durable)
         config = api.ConsumerConfig(
