@@ -14,10 +14,11 @@ import nats.errors
 import structlog
 
 from agent import cancels
+from agent.output import AttemptOutput
 from agent.runners import RunnerError
 from agent.tickets import TicketSource
 from infra import events as ev
-from infra import lifecycle, requeue, rpc
+from infra import lifecycle, logstore, requeue, rpc
 from infra.eventlog import ConcurrencyConflict
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     install_timeout_s: float = 900.0
     install_cache_size: int = 8
     """How many installed builds the device keeps."""
+    log_limit_bytes: int = logstore.DEFAULT_LIMIT_BYTES
+    """How much of one attempt's output is kept."""
 
 
 class Agent:
@@ -229,9 +232,11 @@ class Agent:
                 ),
             )
 
-    async def _error(self, job: lifecycle.JobState, reason: str) -> None:
+    async def _error(
+        self, job: lifecycle.JobState, reason: str, log_ref: str | None = None
+    ) -> None:
         if not await requeue.error_job(
-            self._events, job, self.config.agent_id, reason, self.config.max_attempts
+            self._events, job, self.config.agent_id, reason, self.config.max_attempts, log_ref
         ):
             log.warning("job_taken_over", job_id=job.job_id)
 
@@ -245,18 +250,23 @@ class Agent:
         )
         if running is None:
             return
+        output = AttemptOutput(self._nc, running, self.config.log_limit_bytes)
         try:
             async with cancels.watch(self._nc, self._events, running) as cancelled:
                 test = asyncio.ensure_future(
-                    asyncio.wait_for(self._runner.run_test(running), timeout=running.timeout_s)
+                    asyncio.wait_for(
+                        self._runner.run_test(running, output), timeout=running.timeout_s
+                    )
                 )
                 outcome = await cancels.unless_cancelled(test, cancelled)
         except TimeoutError:
-            await self._error(running, f"test timed out after {running.timeout_s:g} s")
+            reason = f"test timed out after {running.timeout_s:g} s"
+            await self._error(running, reason, await output.finish())
             return
         except RunnerError as exc:
-            await self._error(running, f"runner failed: {exc}")
+            await self._error(running, f"runner failed: {exc}", await output.finish())
             return
+        log_ref = await output.finish()
         if outcome is None:
             log.info("test_stopped", job_id=job.job_id, reason="job cancelled")
             return
@@ -268,10 +278,11 @@ class Agent:
                 agent_id=agent_id,
                 attempt=job.attempt,
                 duration_s=outcome.duration_s,
+                log_ref=log_ref,
             )
             if outcome.passed
             else lifecycle.on_test_failure(
-                running, agent_id, outcome.reason, outcome.duration_s, now
+                running, agent_id, outcome.reason, outcome.duration_s, now, log_ref
             )
         )
         if await self._append(running, verdict) is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -15,6 +17,8 @@ from infra.events import JobStatus, Target
 T = TypeVar("T")
 
 REQUEST_TIMEOUT_S = 30.0
+_STREAMING = aiohttp.ClientTimeout(total=None, sock_read=None)
+"""A followed log ends when its test does, however long that takes."""
 
 
 class CliError(Exception):
@@ -132,6 +136,19 @@ class ApiClient:
         """The orchestrator's view of its dependencies (answered with 503 when degraded)."""
         return await self._request("GET", "/health", api.Health, accept=frozenset({503}))
 
+    async def logs(self, job_id: str, attempt: int | None = None) -> bytes:
+        """An attempt's test output (default: the latest attempt), as far as it goes now."""
+        async with self._open("GET", _logs_path(job_id), params=_attempt(attempt)) as response:
+            return await response.read()
+
+    async def follow_logs(self, job_id: str, attempt: int | None = None) -> AsyncIterator[bytes]:
+        """An attempt's test output as it is produced, until the attempt ends."""
+        params = {**_attempt(attempt), "follow": "true"}
+        path = _logs_path(job_id)
+        async with self._open("GET", path, params=params, streaming=True) as response:
+            async for chunk in response.content.iter_any():
+                yield chunk
+
     async def _request(
         self,
         method: str,
@@ -142,6 +159,25 @@ class ApiClient:
         params: dict[str, str] | None = None,
         accept: frozenset[int] = frozenset(),
     ) -> T:
+        async with self._open(method, path, body=body, params=params, accept=accept) as response:
+            data = await response.read()
+        try:
+            return msgspec.json.decode(data, type=answer)
+        except msgspec.DecodeError as exc:
+            raise CliError(f"unexpected answer to {method} {path}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: msgspec.Struct | None = None,
+        params: dict[str, str] | None = None,
+        accept: frozenset[int] = frozenset(),
+        streaming: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A response with a 2xx status (or one in `accept`); error statuses raise ApiError."""
         if self._session is None:
             raise RuntimeError("ApiClient used outside `async with`")
         url = f"{self.base_url}{path}"
@@ -149,23 +185,30 @@ class ApiClient:
         if body is not None:
             kwargs["data"] = msgspec.json.encode(body)
             kwargs["headers"] = {"Content-Type": "application/json"}
+        if streaming:
+            kwargs["timeout"] = _STREAMING
         try:
             async with self._session.request(method, url, **kwargs) as response:
-                status, data = response.status, await response.read()
+                if not (200 <= response.status < 300 or response.status in accept):
+                    data = await response.read()
+                    raise _error_of(response.status, data, f"{method} {path}")
+                yield response
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise ApiUnreachable(self.base_url) from exc
         except aiohttp.ClientError as exc:
             raise CliError(f"{method} {url} failed: {exc}") from exc
-        if not (200 <= status < 300 or status in accept):
-            raise _error_of(status, data, f"{method} {path}")
-        try:
-            return msgspec.json.decode(data, type=answer)
-        except msgspec.DecodeError as exc:
-            raise CliError(f"unexpected answer to {method} {url}: {exc}") from exc
 
 
 def _job_path(job_id: str) -> str:
     return f"/jobs/{quote(job_id, safe='')}"
+
+
+def _logs_path(job_id: str) -> str:
+    return f"{_job_path(job_id)}/logs"
+
+
+def _attempt(attempt: int | None) -> dict[str, str]:
+    return {} if attempt is None else {"attempt": str(attempt)}
 
 
 def _error_of(status: int, data: bytes, request: str) -> ApiError:

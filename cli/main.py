@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -293,6 +294,38 @@ def jobs_list(
         )
 
     _show(api_url, token, fetch, render.jobs_view, json_output)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="The job whose test output to print.")],
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Stream the output while the test runs, to its end."),
+    ] = False,
+    attempt: Annotated[
+        int | None, typer.Option(min=1, help="Which attempt (default: the latest).")
+    ] = None,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Print a job's test output (what the test wrote to stdout and stderr)."""
+
+    async def work(client: ApiClient) -> int:
+        if follow:
+            async for chunk in client.follow_logs(job_id, attempt):
+                _write_raw(chunk)
+        else:
+            _write_raw(await client.logs(job_id, attempt))
+        return 0
+
+    run(api_url, token, work)
+
+
+def _write_raw(data: bytes) -> None:
+    """Test output as it came, bytes and all, flushed so a follower sees it at once."""
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 @jobs_app.command("cancel")

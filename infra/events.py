@@ -121,6 +121,7 @@ class JobErrored(_Event, frozen=True, tag="job.errored"):
     agent_id: AgentId
     attempt: int
     reason: str
+    log_ref: str | None = None
 
 
 class JobRetried(_Event, frozen=True, tag="job.retried"):
@@ -136,6 +137,8 @@ class JobRetried(_Event, frozen=True, tag="job.retried"):
     reason: str
     test_failed: bool = False
     duration_s: float | None = None
+    log_ref: str | None = None
+    """The failed attempt's output, when `test_failed`."""
 
 
 class JobDead(_Event, frozen=True, tag="job.dead"):

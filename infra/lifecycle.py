@@ -119,10 +119,12 @@ def evolve(state: JobState, event: ev.JobEvent, seq: int = 0) -> JobState:
         case ev.JobErrored():
             _require(state, _ACTIVE, event)
             s.status, s.finished_at, s.reason = JobStatus.ERRORED, event.at, event.reason
+            s.log_ref = event.log_ref
         case ev.JobRetried():
             _require(state, _ACTIVE | {JobStatus.ERRORED}, event)
             s.status, s.attempt, s.reason = JobStatus.QUEUED, event.attempt, event.reason
             s.test_failures += event.test_failed
+            s.log_ref = event.log_ref or s.log_ref
             s.agent_id = None
         case ev.JobDead():
             _require(state, frozenset({JobStatus.ERRORED}), event)
@@ -148,7 +150,12 @@ def fold(events: Iterable[tuple[int, ev.JobEvent]]) -> JobState | None:
 
 
 def on_test_failure(
-    state: JobState, agent_id: ev.AgentId, reason: str, duration_s: float, now: datetime
+    state: JobState,
+    agent_id: ev.AgentId,
+    reason: str,
+    duration_s: float,
+    now: datetime,
+    log_ref: str | None = None,
 ) -> ev.JobFailed | ev.JobRetried:
     """A running job's test failed: retry it while its flaky-test retries last, else fail it."""
     if state.test_failures < state.retries:
@@ -159,6 +166,7 @@ def on_test_failure(
             reason=f"test failed ({reason}); retry {state.test_failures + 1} of {state.retries}",
             test_failed=True,
             duration_s=duration_s,
+            log_ref=log_ref,
         )
     return ev.JobFailed(
         at=now,
@@ -167,6 +175,7 @@ def on_test_failure(
         attempt=state.attempt,
         duration_s=duration_s,
         reason=reason,
+        log_ref=log_ref,
     )
 
 

@@ -10,6 +10,7 @@ import nats.errors
 from nats.js import api
 
 from infra import events as ev
+from infra import logstore
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -42,7 +43,8 @@ async def close(nc: Client) -> None:
 
 
 async def declare_streams(js: JetStreamContext) -> None:
-    """Create or update QG_EVENTS (the log) and QG_WORK (dispatch tickets)."""
+    """Create or update QG_EVENTS (the log), QG_WORK (dispatch tickets) and the test
+    output stores."""
     events = api.StreamConfig(
         name=ev.EVENTS_STREAM,
         subjects=[ev.EVENT_SUBJECTS],
@@ -63,6 +65,7 @@ async def declare_streams(js: JetStreamContext) -> None:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
             await js.update_stream(config)
+    await logstore.declare(js)
 
 
 PROJECTION_CONSUMER_PREFIX = "proj-"

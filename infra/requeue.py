@@ -20,11 +20,17 @@ async def error_job(
     agent_id: ev.AgentId,
     reason: str,
     max_attempts: int,
+    log_ref: str | None = None,
 ) -> bool:
     """Append `JobErrored` and its follow-up, each guarded by the job's version; False
     when someone else moved the job first (it is theirs then, and nothing is written)."""
     errored = ev.JobErrored(
-        at=ev.utcnow(), job_id=job.job_id, agent_id=agent_id, attempt=job.attempt, reason=reason
+        at=ev.utcnow(),
+        job_id=job.job_id,
+        agent_id=agent_id,
+        attempt=job.attempt,
+        reason=reason,
+        log_ref=log_ref,
     )
     try:
         appended = await events.append(errored, expected_seq=job.version)

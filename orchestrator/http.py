@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from infra import api, db
 from infra import nats as qnats
-from orchestrator import domain, metrics, openapi, queries
+from orchestrator import domain, logs, metrics, openapi, queries
 from orchestrator.service import JobService
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ NATS = web.AppKey("nats", Client)
 OPENAPI = web.AppKey("openapi", bytes)
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+_TEXT = "text/plain"
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _FIELD_NAMED = re.compile(r"field `([^`]+)`")
 
@@ -102,6 +103,26 @@ async def post_jobs(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     return _json(await request.app[SERVICE].get(request.match_info["job_id"]))
+
+
+async def get_job_logs(request: web.Request) -> web.StreamResponse:
+    """Plain text: the attempt's stored log, its output so far, or (`follow`) a stream."""
+    query = msgspec.convert(dict(request.query), logs.LogQuery, strict=False)
+    service = request.app[SERVICE]
+    job = await service.get(request.match_info["job_id"])
+    attempt = logs.attempt_of(job, query)
+    js = request.app[NATS].jetstream()
+    headers = {"Qg-Attempt": str(attempt), "Qg-Job-Status": job.status.value}
+    if not query.follow:
+        body = await logs.read(js, job, attempt)
+        return web.Response(body=body, headers=headers, content_type=_TEXT, charset="utf-8")
+    response = web.StreamResponse(headers=headers)
+    response.content_type, response.charset = _TEXT, "utf-8"
+    await response.prepare(request)
+    async for chunk in logs.follow(js, service, job, attempt):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -194,6 +215,17 @@ ROUTES = (
         summary="One job, folded from its own events (strongly consistent)",
         responses={200: api.JobView},
         errors=(404, 503),
+    ),
+    openapi.Route(
+        method="GET",
+        path="/jobs/{job_id}/logs",
+        handler=get_job_logs,
+        summary="A job attempt's test output as plain text; `follow=true` streams it live "
+        "until the attempt ends",
+        query=logs.LogQuery,
+        responses={200: str},
+        media_type=_TEXT,
+        errors=(404, 422, 503),
     ),
     openapi.Route(
         method="DELETE",

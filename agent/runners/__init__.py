@@ -27,6 +27,13 @@ class TestOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """Why the test failed (empty when it passed)."""
 
 
+class Output(Protocol):
+    """Where a runner sends a test's output while the test runs."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Take the next piece of output."""
+
+
 class Runner(Protocol):
     """Installs builds and runs tests on one device slot."""
 
@@ -35,5 +42,6 @@ class Runner(Protocol):
     async def install(self, org_id: str, app_version_id: str, target: str) -> None:
         """Install the build; raise InstallFailed when it cannot be."""
 
-    async def run_test(self, job: JobState) -> TestOutcome:
-        """Run one test to its verdict; raise RunnerError on an infrastructure failure."""
+    async def run_test(self, job: JobState, output: Output) -> TestOutcome:
+        """Run one test to its verdict, writing what it prints to `output`; raise
+        RunnerError on an infrastructure failure."""

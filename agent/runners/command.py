@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from agent.runners import InstallFailed, RunnerError, TestOutcome
+from agent.runners import InstallFailed, Output, RunnerError, TestOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -125,7 +125,7 @@ class CommandRunner:
         if finished.returncode != 0:
             raise InstallFailed(finished.describe(lines=5))
 
-    async def run_test(self, job: JobState) -> TestOutcome:
+    async def run_test(self, job: JobState, output: Output) -> TestOutcome:
         values = {
             "org_id": job.org_id,
             "app_version_id": job.app_version_id,
@@ -134,15 +134,16 @@ class CommandRunner:
             "job_id": job.job_id,
         }
         started = time.monotonic()
-        finished = await self._execute(render(self._config.test, values))
+        finished = await self._execute(render(self._config.test, values), output)
         duration = time.monotonic() - started
         if finished.returncode == 0:
             return TestOutcome(passed=True, duration_s=duration)
         return TestOutcome(passed=False, duration_s=duration, reason=finished.describe())
 
-    async def _execute(self, argv: list[str]) -> _Finished:
-        """Run `argv` in a new process group to its end; on cancellation stop the whole
-        group before re-raising. Any process the command left behind is stopped too."""
+    async def _execute(self, argv: list[str], output: Output | None = None) -> _Finished:
+        """Run `argv` in a new process group to its end, streaming what it prints to
+        `output`; on cancellation stop the whole group before re-raising. Any process the
+        command left behind is stopped too."""
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -156,7 +157,7 @@ class CommandRunner:
         except OSError as exc:
             raise RunnerError(f"cannot start {argv[0]!r}: {exc}") from exc
         assert process.stdout is not None
-        reading = asyncio.create_task(self._read(process.stdout))
+        reading = asyncio.create_task(self._read(process.stdout, output))
         try:
             returncode = await process.wait()
         except BaseException:
@@ -167,11 +168,13 @@ class CommandRunner:
             await self._stop_group(process)
         return _Finished(returncode, await reading)
 
-    async def _read(self, stream: asyncio.StreamReader) -> str:
+    async def _read(self, stream: asyncio.StreamReader, output: Output | None) -> str:
         limit = self._config.output_limit_bytes
         kept = bytearray()
         dropped = 0
         while chunk := await stream.read(1 << 16):
+            if output is not None:
+                await output.write(chunk)
             kept += chunk
             if len(kept) > limit:
                 dropped += len(kept) - limit

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from agent.runners import InstallFailed, TestOutcome
+from agent.runners import InstallFailed, Output, TestOutcome
 
 if TYPE_CHECKING:
     from infra.lifecycle import JobState
@@ -47,13 +47,15 @@ class SimulatedRunner:
         if self._random.random() < self._config.install_fail_rate:
             raise InstallFailed(f"simulated install failure of {app_version_id} on {target}")
 
-    async def run_test(self, job: JobState) -> TestOutcome:
+    async def run_test(self, job: JobState, output: Output) -> TestOutcome:
         started = time.monotonic()
+        await output.write(f"$ simulated test {job.test_path} on {job.target}\n".encode())
         await asyncio.sleep(min(self._duration(self._config.test_s), job.timeout_s))
         duration = time.monotonic() - started
         doomed = fnmatch.fnmatch(job.test_path, self._config.fail_glob)
         if doomed or self._random.random() < self._config.fail_rate:
-            return TestOutcome(
-                passed=False, duration_s=duration, reason="simulated assertion failed"
-            )
+            reason = "simulated assertion failed"
+            await output.write(f"  x {job.test_path}: {reason} ({duration:.2f} s)\n".encode())
+            return TestOutcome(passed=False, duration_s=duration, reason=reason)
+        await output.write(f"  ok {job.test_path} ({duration:.2f} s)\n".encode())
         return TestOutcome(passed=True, duration_s=duration)

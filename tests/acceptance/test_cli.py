@@ -112,3 +112,15 @@ def test_an_unreachable_server_is_one_line_and_exit_2(up: Up) -> None:
     assert result.returncode == 2
     assert "cannot reach" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_logs_prints_a_finished_jobs_output_and_follow_ends_with_the_test(up: Up) -> None:
+    job_id = up.qgjob(*SUBMIT[:3], "--test=tests/login.spec.js", "--target=emulator").stdout
+    followed = up.qgjob("logs", job_id.strip(), "--follow")
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.startswith("$ simulated test tests/login.spec.js on emulator\n")
+    printed = up.qgjob("logs", job_id.strip())
+    assert printed.stdout == followed.stdout
+    unknown = up.qgjob("logs", "j" + "x" * 22, "--attempt=2")
+    assert unknown.returncode == 2
+    assert unknown.stderr.count("\n") == 1

@@ -80,9 +80,11 @@ async def test_exit_codes_decide_the_verdict_and_the_output_gives_the_reason(
     runner = CommandRunner(
         CommandConfig(test=(test, "{test_path}"), workdir=str(tmp_path), env={"GREETING": "hi"})
     )
-    passed = await runner.run_test(job("tests/0.spec.js"))
-    failed = await runner.run_test(job("tests/3; rm -rf x.spec.js"))
+    output = factories.CollectedOutput()
+    passed = await runner.run_test(job("tests/0.spec.js"), output)
+    failed = await runner.run_test(job("tests/3; rm -rf x.spec.js"), factories.CollectedOutput())
     assert (passed.passed, passed.reason) == (True, "")
+    assert output.text == f"hi from {tmp_path}\n", "the output streams to the attempt's log"
     assert (failed.passed, failed.reason) == (False, f"exit code 3: hi from {tmp_path}")
     assert (tmp_path / "arg").read_text() == "tests/3; rm -rf x.spec.js\n", "one argument"
     assert failed.duration_s > 0
@@ -93,7 +95,8 @@ async def test_a_test_killed_by_a_signal_fails_with_the_signal_named(
     tmp_path: Path, signum: int, named: str
 ) -> None:
     test = script(tmp_path, "t.sh", f"echo crashing; kill -{signum} $$")
-    outcome = await CommandRunner(CommandConfig(test=(test,))).run_test(job())
+    runner = CommandRunner(CommandConfig(test=(test,)))
+    outcome = await runner.run_test(job(), factories.CollectedOutput())
     assert (outcome.passed, outcome.reason) == (False, f"killed by {named}: crashing")
 
 
@@ -115,7 +118,7 @@ async def test_a_command_that_cannot_start_is_an_infrastructure_error(tmp_path: 
     with pytest.raises(InstallFailed, match="cannot start"):
         await runner.install("o", "v1", "emulator")
     with pytest.raises(RunnerError, match="cannot start"):
-        await runner.run_test(job())
+        await runner.run_test(job(), factories.CollectedOutput())
 
 
 async def test_cancelling_a_test_kills_its_whole_group_even_when_it_ignores_sigterm(
@@ -128,7 +131,7 @@ async def test_cancelling_a_test_kills_its_whole_group_even_when_it_ignores_sigt
         f"trap '' TERM; sleep 30 & echo $! >> {pid_file}; echo $$ >> {pid_file}; wait",
     )
     runner = CommandRunner(CommandConfig(test=(test,), kill_grace_s=0.3))
-    running = asyncio.create_task(runner.run_test(job()))
+    running = asyncio.create_task(runner.run_test(job(), factories.CollectedOutput()))
     await eventually(lambda: len(pids(pid_file)) == 2)
     started = time.monotonic()
     running.cancel()

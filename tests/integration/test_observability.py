@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 ENDPOINTS = {
     "/jobs": {"get", "post"},
     "/jobs/{job_id}": {"get", "delete"},
+    "/jobs/{job_id}/logs": {"get"},
     "/batches": {"get"},
     "/queues": {"get"},
     "/agents": {"get"},

@@ -56,3 +56,17 @@ def errored(job_id: str = "j1", agent: str = "a1", attempt: int = 1) -> ev.JobEr
         attempt=attempt,
         reason="install failed",
     )
+
+
+class CollectedOutput:
+    """A runner's `Output` that keeps everything written to it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
