@@ -11,14 +11,14 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from infra import api
+from infra import api, rpc
 from infra.events import JobStatus, Target
 
 T = TypeVar("T")
 
 REQUEST_TIMEOUT_S = 30.0
-_STREAMING = aiohttp.ClientTimeout(total=None, sock_read=None)
-"""A followed log ends when its test does, however long that takes."""
+_UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_read=None)
+"""For answers that take as long as they take: a followed log, a replay."""
 
 
 class CliError(Exception):
@@ -145,9 +145,15 @@ class ApiClient:
         """An attempt's test output as it is produced, until the attempt ends."""
         params = {**_attempt(attempt), "follow": "true"}
         path = _logs_path(job_id)
-        async with self._open("GET", path, params=params, streaming=True) as response:
+        async with self._open("GET", path, params=params, unbounded=True) as response:
             async for chunk in response.content.iter_any():
                 yield chunk
+
+    async def ops(self, action: str, body: api.OpsBody) -> rpc.OpsResponse:
+        """Replay or verify read models (`action` is `replay` or `verify`); waits as long
+        as the rebuild takes."""
+        path = f"/ops/{action}"
+        return await self._request("POST", path, rpc.OpsResponse, body=body, unbounded=True)
 
     async def _request(
         self,
@@ -158,8 +164,11 @@ class ApiClient:
         body: msgspec.Struct | None = None,
         params: dict[str, str] | None = None,
         accept: frozenset[int] = frozenset(),
+        unbounded: bool = False,
     ) -> T:
-        async with self._open(method, path, body=body, params=params, accept=accept) as response:
+        async with self._open(
+            method, path, body=body, params=params, accept=accept, unbounded=unbounded
+        ) as response:
             data = await response.read()
         try:
             return msgspec.json.decode(data, type=answer)
@@ -175,7 +184,7 @@ class ApiClient:
         body: msgspec.Struct | None = None,
         params: dict[str, str] | None = None,
         accept: frozenset[int] = frozenset(),
-        streaming: bool = False,
+        unbounded: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response with a 2xx status (or one in `accept`); error statuses raise ApiError."""
         if self._session is None:
@@ -185,8 +194,8 @@ class ApiClient:
         if body is not None:
             kwargs["data"] = msgspec.json.encode(body)
             kwargs["headers"] = {"Content-Type": "application/json"}
-        if streaming:
-            kwargs["timeout"] = _STREAMING
+        if unbounded:
+            kwargs["timeout"] = _UNBOUNDED
         try:
             async with self._session.request(method, url, **kwargs) as response:
                 if not (200 <= response.status < 300 or response.status in accept):

@@ -37,10 +37,12 @@ jobs_app = typer.Typer(help="List and cancel jobs.", no_args_is_help=True)
 queue_app = typer.Typer(help="What is waiting to run.", no_args_is_help=True)
 agents_app = typer.Typer(help="The agents that run tests.", no_args_is_help=True)
 batches_app = typer.Typer(help="Jobs grouped by org, app build and target.", no_args_is_help=True)
+ops_app = typer.Typer(help="Rebuild and check the read models.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(queue_app, name="queue")
 app.add_typer(agents_app, name="agents")
 app.add_typer(batches_app, name="batches")
+app.add_typer(ops_app, name="ops")
 
 ApiUrl = Annotated[
     str | None,
@@ -370,6 +372,51 @@ def health(json_output: Json = False, api_url: ApiUrl = None, token: Token = Non
         report = await client.health()
         render.show(report, render.health_view, as_json=json_output)
         return 0 if report.status == "ok" else 1
+
+    run(api_url, token, work)
+
+
+Projection = Annotated[
+    str | None,
+    typer.Option(help="One read model: jobs, batches or agents (default: all)."),
+]
+
+
+@ops_app.command("replay")
+def ops_replay(
+    projection: Projection = None,
+    until: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Rebuild as of this stream sequence into a separate schema to inspect, "
+            "leaving the live read models alone.",
+        ),
+    ] = None,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Rebuild read models from the event stream and swap them in atomically; the API
+    keeps answering from the old tables until the swap."""
+    body = api.OpsBody(projection=projection, until=until)
+    _show(api_url, token, lambda c: c.ops("replay", body), render.ops_view, json_output)
+
+
+@ops_app.command("verify")
+def ops_verify(
+    projection: Projection = None,
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Rebuild read models into scratch tables and compare them with the live ones:
+    exit 0 when no row differs, 1 otherwise."""
+
+    async def work(client: ApiClient) -> int:
+        report = await client.ops("verify", api.OpsBody(projection=projection))
+        render.show(report, render.ops_view, as_json=json_output)
+        return 1 if any(p.differing for p in report.projections) else 0
 
     run(api_url, token, work)
 

@@ -16,7 +16,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from infra import api
+from infra import api, rpc
 from infra.events import TERMINAL_STATUSES, JobStatus, utcnow
 
 PIPE_WIDTH = 200
@@ -217,6 +217,23 @@ def health_view(health: api.Health) -> RenderableType:
         f": nats {_up(health.nats)}, database {_up(health.database)}, "
         f"{projectors} projectors, projector lag {lag}",
     )
+
+
+def ops_view(report: rpc.OpsResponse) -> RenderableType:
+    """One row per rebuilt read model; a verify adds how many rows differ."""
+    verifying = any(p.differing is not None for p in report.projections)
+    headers = ["read model", "stream seq", "rows", *(["differing"] if verifying else [])]
+    title = f"rebuilt in {report.seconds:.2f} s"
+    if report.schema is not None:
+        title += f", kept in schema {report.schema}"
+    table = _table(*headers, title=title)
+    for p in report.projections:
+        cells = [p.projection, str(p.last_seq), str(p.rows)]
+        if verifying:
+            style = "green" if not p.differing else "bold red"
+            cells.append(f"[{style}]{p.differing}[/]")
+        table.add_row(*cells)
+    return table
 
 
 def _moment(when: datetime | None) -> str:

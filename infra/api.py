@@ -169,3 +169,12 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 
     error: str
     field: str | None = None
+
+
+class OpsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /ops/replay` and `POST /ops/verify` (may be empty)."""
+
+    projection: Name | None = None
+    """One read model (`jobs`, `batches`, `agents`); default all."""
+    until: Annotated[int, Meta(ge=0)] | None = None
+    """Replay only: rebuild as of this stream sequence into a kept schema, no swap."""

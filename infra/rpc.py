@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import msgspec
 
 from infra.events import AgentId, BatchId
@@ -29,4 +31,40 @@ class ClaimResponse(msgspec.Struct, frozen=True, kw_only=True):
     """The jobs now assigned to the agent, in run order; empty: the ticket is spent."""
 
     jobs: list[ClaimedJob]
+    error: str | None = None
+
+
+OPS_SUBJECT = "qg.rpc.ops"
+"""Served by the projector processes: rebuild or verify read models."""
+
+
+class OpsRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rebuild read models from QG_EVENTS: swap them in (`replay`), or only compare them
+    with the live tables (`verify`)."""
+
+    action: Literal["replay", "verify"]
+    projection: str | None = None
+    """One read model by name; None: all of them."""
+    until: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Replay only: fold events up to this stream sequence into a kept schema for
+    inspection, instead of swapping the result in."""
+
+
+class ProjectionReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a replay or verify did to one read model."""
+
+    projection: str
+    last_seq: int
+    """The stream sequence the rebuilt model reached."""
+    rows: int
+    """Rows in the rebuilt model's tables."""
+    differing: int | None = None
+    """Verify: rows that are in one of the live and rebuilt tables but not the other."""
+
+
+class OpsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    projections: list[ProjectionReport] = []
+    schema: str | None = None
+    """Where a replay `until` a sequence left its tables."""
+    seconds: float = 0.0
     error: str | None = None

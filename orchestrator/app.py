@@ -13,7 +13,7 @@ from infra import connections, embedded
 from infra import nats as qnats
 from infra.eventlog import EventLog
 from orchestrator import http
-from orchestrator.claims import ClaimServer
+from orchestrator.claims import claim_server
 from orchestrator.service import JobService
 from orchestrator.sweeper import LostAgentSweeper
 
@@ -32,7 +32,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         nc, pool = conns.nc, conns.pool
         events = EventLog(conns.nc)
         service = JobService(events, pool)
-        claims = ClaimServer(nc, service)
+        claims = claim_server(nc, service)
         await claims.start()
         stack.push_async_callback(claims.stop)
         runner = web.AppRunner(http.create_app(service, pool, nc), access_log=None)

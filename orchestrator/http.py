@@ -6,11 +6,12 @@ import re
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+import nats.errors
 import structlog
 from aiohttp import web
 from nats.aio.client import Client
 
-from infra import api, db
+from infra import api, db, rpc
 from infra import nats as qnats
 from orchestrator import domain, logs, metrics, openapi, queries
 from orchestrator.service import JobService
@@ -184,6 +185,37 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
+_ops_body = msgspec.json.Decoder(api.OpsBody)
+OPS_TIMEOUT_S = 900.0
+
+
+async def _ops(request: web.Request, action: Literal["replay", "verify"]) -> web.Response:
+    """Forward an ops request to the projectors, which own the read models."""
+    body = await request.read()
+    options = _ops_body.decode(body) if body.strip() else api.OpsBody()
+    if action == "verify" and options.until is not None:
+        raise msgspec.ValidationError("`until` applies to replay only - at `$.until`")
+    command = rpc.OpsRequest(action=action, projection=options.projection, until=options.until)
+    try:
+        reply = await request.app[NATS].request(
+            rpc.OPS_SUBJECT, msgspec.json.encode(command), timeout=OPS_TIMEOUT_S
+        )
+    except nats.errors.NoRespondersError:
+        return _error(503, "no projector is running to rebuild the read models")
+    response = msgspec.json.decode(reply.data, type=rpc.OpsResponse)
+    if response.error is not None:
+        return _error(422, response.error, "projection")
+    return _json(response)
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    return await _ops(request, "replay")
+
+
+async def post_verify(request: web.Request) -> web.Response:
+    return await _ops(request, "verify")
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type=openapi.JSON)
 
@@ -272,6 +304,26 @@ ROUTES = (
         summary="Prometheus metrics",
         responses={200: str},
         media_type="text/plain",
+    ),
+    openapi.Route(
+        method="POST",
+        path="/ops/replay",
+        handler=post_replay,
+        summary="Rebuild read models from the event stream and swap them in atomically "
+        "(or, with `until`, rebuild as of that sequence into a kept schema)",
+        body=api.OpsBody,
+        responses={200: rpc.OpsResponse},
+        errors=(400, 422, 503),
+    ),
+    openapi.Route(
+        method="POST",
+        path="/ops/verify",
+        handler=post_verify,
+        summary="Rebuild read models into scratch tables and count the rows that differ "
+        "from the live ones",
+        body=api.OpsBody,
+        responses={200: rpc.OpsResponse},
+        errors=(400, 422, 503),
     ),
     openapi.Route(
         method="GET",

@@ -68,6 +68,7 @@ class AgentsProjection:
     """Folds agent, assignment and install events into `agents`."""
 
     name = "agents"
+    tables: tuple[str, ...] = ("agents",)
     filter_subject = ev.EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:

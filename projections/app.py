@@ -15,6 +15,8 @@ from projections.agents import AgentsProjection
 from projections.batches import BatchesProjection
 from projections.grouping import GroupingProjector
 from projections.jobs import JobsProjection
+from projections.ops import ops_server
+from projections.rebuild import Rebuilder
 from projections.runner import Projection, ProjectionRunner
 
 if TYPE_CHECKING:
@@ -34,6 +36,9 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         conns = await connections.open_all(stack, servers, "qgjob-projector")
         js, pool = conns.js, conns.pool
         await qnats.declare_work_consumers(js, settings.ticket_ack_wait_s)
+        ops = ops_server(conns.nc, Rebuilder(js, servers.database_url, pool, read_models()))
+        await ops.start()
+        stack.push_async_callback(ops.stop)
         log.info("projectors_started")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(GroupingProjector(js).run(stop))

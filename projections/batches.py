@@ -30,6 +30,7 @@ class BatchesProjection:
     """Folds submissions and batch events into `batches`."""
 
     name = "batches"
+    tables: tuple[str, ...] = ("batches",)
     filter_subject = ev.EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:

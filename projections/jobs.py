@@ -27,6 +27,7 @@ class JobsProjection:
     """Folds job events into `jobs`."""
 
     name = "jobs"
+    tables: tuple[str, ...] = ("jobs",)
     filter_subject = ev.JOB_EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:

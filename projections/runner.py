@@ -37,21 +37,29 @@ class Projection(Protocol):
 
     name: str
     filter_subject: str
+    tables: tuple[str, ...]
+    """The tables it owns, which a replay rebuilds and swaps."""
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:
         """Apply events (oldest first, all above the checkpoint) inside the caller's
         transaction."""
 
 
-def decode_batch(msgs: Sequence[Msg], after: int) -> tuple[list[tuple[int, ev.Event]], int]:
-    """Decode messages above sequence `after`; returns the events and the highest sequence
-    seen. A malformed message is logged and skipped so that it never stops a projector."""
+def decode_batch(
+    msgs: Sequence[Msg], after: int, until: int | None = None
+) -> tuple[list[tuple[int, ev.Event]], int]:
+    """Decode messages above sequence `after` (and not above `until`); returns the events
+    and the sequence they take the projection to. A malformed message is logged and
+    skipped so that it never stops a projector."""
     events: list[tuple[int, ev.Event]] = []
     last = after
     for msg in msgs:
         seq = msg.metadata.sequence.stream
         if seq <= after:
             continue
+        if until is not None and seq > until:
+            # Everything up to `until` that this projection follows has been seen.
+            return events, max(last, until)
         last = max(last, seq)
         try:
             events.append((seq, ev.decode(msg.data)))
@@ -72,6 +80,7 @@ class ProjectionRunner:
         durable: str | None = None,
         batch_size: int = 1000,
         on_applied: Callable[[int], None] | None = None,
+        until: int | None = None,
     ) -> None:
         self._js = js
         self._pool = pool
@@ -79,6 +88,8 @@ class ProjectionRunner:
         self._durable = durable or qnats.projection_consumer_name(projection.name)
         self._batch_size = batch_size
         self._on_applied = on_applied
+        self._until = until
+        """Stop applying after this stream sequence (a replay as of a point in time)."""
         self.position = 0
         """The last stream sequence applied (the checkpoint)."""
 
@@ -105,7 +116,7 @@ class ProjectionRunner:
             current = await conn.fetchval(
                 "SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE", name
             )
-            events, last = decode_batch(msgs, current or 0)
+            events, last = decode_batch(msgs, current or 0, self._until)
             if last > (current or 0):
                 await self._projection.apply(conn, events)
                 await conn.execute(
@@ -142,6 +153,8 @@ class ProjectionRunner:
                 done = stop.is_set() or bool(
                     catch_up and msgs and msgs[-1].metadata.num_pending == 0
                 )
+                if self._until is not None and msgs:
+                    done = done or msgs[-1].metadata.sequence.stream >= self._until
                 fetching = None if done else asyncio.ensure_future(self._fetch(sub))
                 if msgs:
                     await self._apply(msgs)

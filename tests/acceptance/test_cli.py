@@ -124,3 +124,20 @@ def test_logs_prints_a_finished_jobs_output_and_follow_ends_with_the_test(up: Up
     unknown = up.qgjob("logs", "j" + "x" * 22, "--attempt=2")
     assert unknown.returncode == 2
     assert unknown.stderr.count("\n") == 1
+
+
+def test_ops_replay_and_verify_rebuild_the_read_models_from_the_stream(up: Up) -> None:
+    up.qgjob(*SUBMIT, "--wait")
+    replayed = up.qgjob("ops", "replay")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "jobs" in replayed.stdout
+    verified = up.qgjob("ops", "verify", "--json")
+    assert verified.returncode == 0, verified.stderr
+    report = json.loads(verified.stdout)
+    assert {p["projection"]: p["differing"] for p in report["projections"]} == {
+        "jobs": 0,
+        "batches": 0,
+        "agents": 0,
+    }
+    unknown = up.qgjob("ops", "verify", "--projection=nope")
+    assert (unknown.returncode, unknown.stderr.count("\n")) == (2, 1)

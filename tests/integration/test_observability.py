@@ -21,6 +21,8 @@ ENDPOINTS = {
     "/jobs": {"get", "post"},
     "/jobs/{job_id}": {"get", "delete"},
     "/jobs/{job_id}/logs": {"get"},
+    "/ops/replay": {"post"},
+    "/ops/verify": {"post"},
     "/batches": {"get"},
     "/queues": {"get"},
     "/agents": {"get"},
