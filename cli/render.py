@@ -32,7 +32,7 @@ def _console(stream: TextIO, *, stderr: bool = False) -> Console:
 out = _console(sys.stdout)
 err = _console(sys.stderr, stderr=True)
 
-_STATUS_STYLES = {
+_STATUS_STYLES: dict[str, str] = {
     JobStatus.QUEUED: "dim",
     JobStatus.ASSIGNED: "cyan",
     JobStatus.RUNNING: "cyan",
@@ -41,7 +41,10 @@ _STATUS_STYLES = {
     JobStatus.ERRORED: "yellow",
     JobStatus.CANCELLED: "magenta",
     JobStatus.DEAD: "bold magenta",
+    "retried": "yellow",
+    "released": "dim",
 }
+"""Job statuses and attempt outcomes."""
 _PROGRESS_ORDER = sorted(JobStatus, key=lambda status: status not in TERMINAL_STATUSES)
 """Finished states first, as in `3/5 done: 2 passed, 1 failed, 2 running`."""
 _NONE = "-"
@@ -62,9 +65,9 @@ def show(value: S, view: Callable[[S], RenderableType], *, as_json: bool) -> Non
         out.print(view(value))
 
 
-def _status_text(status: JobStatus) -> Text:
-    """A job status, coloured by outcome."""
-    return Text(status.value, style=_STATUS_STYLES[status])
+def _status_text(status: str) -> Text:
+    """A job status or attempt outcome, coloured by what it means."""
+    return Text(str(status), style=_STATUS_STYLES[status])
 
 
 def job_detail(job: api.JobView) -> RenderableType:
@@ -96,7 +99,24 @@ def job_detail(job: api.JobView) -> RenderableType:
     ]
     for name, value in rows:
         sheet.add_row(name, value)
-    return sheet
+    if not job.attempts:
+        return sheet
+    return Group(sheet, Text(), attempts_table(job.attempts))
+
+
+def attempts_table(attempts: Sequence[api.AttemptView]) -> Table:
+    """Each run of a job: where, when, how it ended and why."""
+    table = _table("try", "agent", "outcome", "started", "duration", "reason", title="attempts")
+    for run in attempts:
+        table.add_row(
+            str(run.attempt),
+            run.agent_id,
+            _status_text(run.outcome),
+            _moment(run.started_at or run.assigned_at),
+            _duration(run.duration_s),
+            run.reason or _NONE,
+        )
+    return table
 
 
 def jobs_view(page: api.JobPage) -> RenderableType:

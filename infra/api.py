@@ -66,6 +66,24 @@ class BulkSubmit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     jobs: Annotated[list[JobSpec], Meta(min_length=1, max_length=MAX_JOBS_PER_REQUEST)]
 
 
+class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a job on an agent, from assignment to how it ended."""
+
+    attempt: int
+    agent_id: str
+    outcome: Literal[
+        "assigned", "running", "passed", "failed", "retried", "errored", "released", "cancelled"
+    ]
+    """`retried`: the test failed and a flaky-test retry followed; `released`: the agent
+    gave the job back unstarted (no attempt counted)."""
+    assigned_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+    reason: str | None = None
+    log_ref: str | None = None
+
+
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
     """A job as the API shows it."""
 
@@ -91,6 +109,8 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     log_ref: str | None = None
     events: list[str] = []
     """Event types on the job's subject, oldest first (only from `GET /jobs/{id}`)."""
+    attempts: list[AttemptView] = []
+    """Every run on an agent, oldest first (only from `GET /jobs/{id}`)."""
 
 
 class SubmitResponse(msgspec.Struct, frozen=True, kw_only=True):

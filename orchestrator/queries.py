@@ -10,6 +10,7 @@ import msgspec
 
 from infra import api, db, lifecycle
 from infra import events as ev
+from orchestrator import history
 
 JOBS_PROJECTION = "jobs"
 _JOB_FILTERS = ("org_id", "app_version_id", "status", "target", "batch_id")
@@ -35,11 +36,15 @@ class BatchFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     limit: PageLimit = 50
 
 
-def job_view(state: lifecycle.JobState, events: list[str] | None = None) -> api.JobView:
+def job_view(state: lifecycle.JobState, events: list[ev.JobEvent] | None = None) -> api.JobView:
+    """The API's view of a job; with its `events`, also its history and attempts."""
     fields = msgspec.structs.asdict(state)
     for private in ("test_failures", "version"):
         fields.pop(private)
-    return api.JobView(**fields, events=events or [])
+    events = events or []
+    return api.JobView(
+        **fields, events=[ev.tag_of(e) for e in events], attempts=history.attempts(events)
+    )
 
 
 async def list_jobs(conn: db.Connection, query: JobFilter) -> api.JobPage:

@@ -22,9 +22,6 @@ CLAIM_CATCH_UP_S = 5.0
 _CANCEL_ATTEMPTS = 5
 
 
-_SUBMITTED = "job.submitted"
-
-
 class JobService:
     """Validated commands in, acknowledged events out."""
 
@@ -66,13 +63,13 @@ class JobService:
                 known.append(event.job_id)
             else:
                 state = lifecycle.start(event, result.seq)
-                recorded.append((queries.job_view(state, [_SUBMITTED]), True))
+                recorded.append((queries.job_view(state, [event]), True))
         # Jobs an idempotency key already named are read back together, not one by one.
         recorded += [(view, False) for view in await asyncio.gather(*map(self.get, known))]
         order = {event.job_id: index for index, event in enumerate(events)}
         return sorted(recorded, key=lambda pair: order[ev.JobId(pair[0].job_id)])
 
-    async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[str]]:
+    async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[ev.JobEvent]]:
         if not domain.is_job_id(job_id):
             raise domain.JobNotFound(job_id)
         found = await self._events.read(ev.job_subject(job_id))
@@ -80,7 +77,7 @@ class JobService:
         state = lifecycle.fold(pairs)
         if state is None:
             raise domain.JobNotFound(job_id)
-        return state, [ev.tag_of(e) for _, e in pairs]
+        return state, [e for _, e in pairs]
 
     async def get(self, job_id: str) -> api.JobView:
         """The job as its own subject says now (strongly consistent)."""
@@ -97,7 +94,7 @@ class JobService:
                 continue  # the job moved on while we decided: decide again
             log.info("job_cancelled", job_id=job_id, stream_seq=appended.seq)
             state = lifecycle.evolve(state, event, appended.seq)
-            return queries.job_view(state, [*history, "job.cancelled"])
+            return queries.job_view(state, [*history, event])
         raise domain.DomainError(f"job {job_id} keeps changing; try again")
 
     async def claim(self, request: rpc.ClaimRequest) -> rpc.ClaimResponse:

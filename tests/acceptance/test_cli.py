@@ -141,3 +141,15 @@ def test_ops_replay_and_verify_rebuild_the_read_models_from_the_stream(up: Up) -
     }
     unknown = up.qgjob("ops", "verify", "--projection=nope")
     assert (unknown.returncode, unknown.stderr.count("\n")) == (2, 1)
+
+
+def test_status_shows_each_attempt_of_a_retried_job(up: Up) -> None:
+    flaky = up.qgjob(
+        *SUBMIT[:3], "--test=tests/pay_fail.spec.js", "--target=emulator", "--retries=1"
+    )
+    job_id = flaky.stdout.strip()
+    assert up.qgjob("wait", job_id).returncode == 1
+    shown = up.qgjob("status", job_id)
+    assert "attempts" in shown.stdout
+    rows = [line.split() for line in shown.stdout.splitlines() if line.strip()[:2] in ("1 ", "2 ")]
+    assert [(row[0], row[2]) for row in rows] == [("1", "retried"), ("2", "failed")]

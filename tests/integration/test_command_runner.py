@@ -187,6 +187,10 @@ async def test_a_test_over_its_timeout_is_killed_and_retried_until_dead(
     assert view.events.count("job.errored") == 2
     assert view.events.count("job.retried") == 1
     assert view.reason == "test timed out after 1 s (attempt limit)"
+    assert [(a.attempt, a.outcome, a.reason) for a in view.attempts] == [
+        (1, "errored", "test timed out after 1 s"),
+        (2, "errored", "test timed out after 1 s"),
+    ]
     await assert_gone(pid_file, 4)
 
 
