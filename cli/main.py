@@ -10,13 +10,14 @@ import asyncio
 import enum
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
 import typer
 from rich.console import Console, RenderableType
 
-from cli import render, waiting
+from cli import render, reports, waiting
 from cli.client import ApiClient, CliError
 from infra import api, settings
 from infra.events import JobStatus, Target
@@ -61,6 +62,21 @@ WaitTimeout = Annotated[
     float, typer.Option("--timeout", help="Give up waiting after this many seconds (exit 2).")
 ]
 PollInterval = Annotated[float, typer.Option(help="Seconds between two polls of a job.")]
+JunitReport = Annotated[
+    Path | None,
+    typer.Option(
+        "--junit",
+        metavar="FILE",
+        help="Write a JUnit XML report (one testcase per job) when the wait ends.",
+    ),
+]
+StepSummary = Annotated[
+    bool,
+    typer.Option(
+        "--summary",
+        help="Append a Markdown table of the verdicts to $GITHUB_STEP_SUMMARY, when set.",
+    ),
+]
 
 _SPEC_DEFAULTS = {field.name: field.default for field in msgspec.structs.fields(api.JobSpec)}
 _WAIT_TIMEOUT_S = 300.0
@@ -135,6 +151,8 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the jobs; see `wait`.")] = False,
     timeout: WaitTimeout = _WAIT_TIMEOUT_S,
+    junit: JunitReport = None,
+    summary: StepSummary = False,
     json_output: Json = False,
     api_url: ApiUrl = None,
     token: Token = None,
@@ -144,6 +162,8 @@ def submit(
     With --wait, progress and the summary go to stderr, and the exit codes are those of
     `qgjob wait`.
     """
+    if (junit or summary) and not wait:
+        fail("--junit and --summary need --wait")
 
     async def work(client: ApiClient) -> int:
         template = api.JobSpec(
@@ -175,6 +195,7 @@ def submit(
                 json_output=json_output,
                 single=single,
                 to=render.err,
+                report=reports.Reports(junit=junit, summary=summary),
             )
         if json_output:
             render.print_json(jobs[0] if single else jobs)
@@ -199,10 +220,12 @@ async def _wait(
     json_output: bool,
     single: bool = False,
     to: Console = render.out,
+    report: reports.Reports | None = None,
 ) -> int:
     """Wait for the jobs, print their outcome and return the exit code of `wait`.
 
-    `single` prints a JSON object rather than a list; `to` is where the summary table goes.
+    `single` prints a JSON object rather than a list; `to` is where the summary table goes;
+    `report` the files written when the wait ends, timed out or not.
     """
     with render.Progress() as progress:
         outcome = await waiting.wait_for(
@@ -216,6 +239,8 @@ async def _wait(
         render.print_json(outcome.jobs[0] if single and outcome.jobs else outcome.jobs)
     elif outcome.jobs:
         to.print(render.summary_table(outcome.jobs))
+    if report is not None:
+        await report.write(client, outcome.jobs)
     if outcome.unfinished:
         raise CliError(f"timed out after {wait_s:g} s waiting for {outcome.unfinished} job(s)")
     return waiting.exit_code(outcome.jobs)
@@ -226,6 +251,8 @@ def wait(
     job_ids: Annotated[list[str], typer.Argument(metavar="JOB_ID", help="Jobs to wait for.")],
     timeout: WaitTimeout = _WAIT_TIMEOUT_S,
     poll_interval: PollInterval = _POLL_INTERVAL_S,
+    junit: JunitReport = None,
+    summary: StepSummary = False,
     json_output: Json = False,
     api_url: ApiUrl = None,
     token: Token = None,
@@ -240,7 +267,12 @@ def wait(
 
     async def work(client: ApiClient) -> int:
         return await _wait(
-            client, job_ids, wait_s=timeout, poll_s=poll_interval, json_output=json_output
+            client,
+            job_ids,
+            wait_s=timeout,
+            poll_s=poll_interval,
+            json_output=json_output,
+            report=reports.Reports(junit=junit, summary=summary),
         )
 
     run(api_url, token, work)

@@ -45,9 +45,9 @@ def test_every_assignment_is_a_row_that_says_how_it_ended() -> None:
 
 
 def test_an_open_run_stays_open_and_a_cancel_closes_it() -> None:
-    running = [f.submitted(), f.assigned(), f.started()]
+    running: list[ev.JobEvent] = [f.submitted(), f.assigned(), f.started()]
     assert [r.outcome for r in history.attempts(running)] == ["running"]
-    cancelled = [*running, ev.JobCancelled(at=f.T0, job_id=ev.JobId("j1"))]
+    cancelled: list[ev.JobEvent] = [*running, ev.JobCancelled(at=f.T0, job_id=ev.JobId("j1"))]
     assert [(r.outcome, r.reason) for r in history.attempts(cancelled)] == [
         ("cancelled", "cancelled by user")
     ]
