@@ -38,6 +38,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: ev.AgentId
     targets: tuple[ev.Target, ...]
     max_attempts: int = 3
+    backoff: lifecycle.Backoff = lifecycle.Backoff()
+    """Before a job that hit an infrastructure error here runs again."""
     ticket_ack_wait_s: float = 30.0
     heartbeat_ttl_s: float = 10.0
     claim_timeout_s: float = 10.0
@@ -236,7 +238,13 @@ class Agent:
         self, job: lifecycle.JobState, reason: str, log_ref: str | None = None
     ) -> None:
         if not await requeue.error_job(
-            self._events, job, self.config.agent_id, reason, self.config.max_attempts, log_ref
+            self._events,
+            job,
+            self.config.agent_id,
+            reason,
+            self.config.max_attempts,
+            log_ref,
+            self.config.backoff,
         ):
             log.warning("job_taken_over", job_id=job.job_id)
 

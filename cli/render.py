@@ -93,6 +93,7 @@ def job_detail(job: api.JobView) -> RenderableType:
         ("finished", _moment(job.finished_at)),
         ("duration", _duration(job.duration_s)),
         ("reason", job.reason or _NONE),
+        *([("retry after", _moment(job.not_before))] if job.not_before else []),
         ("log", job.log_ref or _NONE),
         ("idempotency key", job.idempotency_key or _NONE),
         ("history", " -> ".join(job.events) or _NONE),

@@ -107,6 +107,8 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float | None = None
     reason: str | None = None
     log_ref: str | None = None
+    not_before: datetime | None = None
+    """A job requeued after an infrastructure error waits (backoff) until then."""
     events: list[str] = []
     """Event types on the job's subject, oldest first (only from `GET /jobs/{id}`)."""
     attempts: list[AttemptView] = []

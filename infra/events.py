@@ -139,6 +139,8 @@ class JobRetried(_Event, frozen=True, tag="job.retried"):
     duration_s: float | None = None
     log_ref: str | None = None
     """The failed attempt's output, when `test_failed`."""
+    not_before: datetime | None = None
+    """After an infrastructure error: the job waits (backoff) until then to run again."""
 
 
 class JobDead(_Event, frozen=True, tag="job.dead"):

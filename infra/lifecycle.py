@@ -6,7 +6,8 @@ No I/O, no asyncio, no logging. Illegal transitions raise `IllegalTransition`.
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -56,6 +57,8 @@ class JobState(msgspec.Struct, kw_only=True):
     duration_s: float | None = None
     reason: str | None = None
     log_ref: str | None = None
+    not_before: datetime | None = None
+    """A requeued job is not claimed before this (retry backoff)."""
     version: int = 0
     """Stream sequence of the last event folded: the expected last subject sequence."""
 
@@ -99,6 +102,7 @@ def evolve(state: JobState, event: ev.JobEvent, seq: int = 0) -> JobState:
         case ev.JobAssigned():
             _require(state, frozenset({JobStatus.QUEUED}), event)
             s.status, s.agent_id, s.assigned_at = JobStatus.ASSIGNED, event.agent_id, event.at
+            s.not_before = None
             s.started_at = s.finished_at = s.duration_s = None
             s.reason = None
         case ev.JobReleased():
@@ -125,6 +129,7 @@ def evolve(state: JobState, event: ev.JobEvent, seq: int = 0) -> JobState:
             s.status, s.attempt, s.reason = JobStatus.QUEUED, event.attempt, event.reason
             s.test_failures += event.test_failed
             s.log_ref = event.log_ref or s.log_ref
+            s.not_before = event.not_before
             s.agent_id = None
         case ev.JobDead():
             _require(state, frozenset({JobStatus.ERRORED}), event)
@@ -179,13 +184,43 @@ def on_test_failure(
     )
 
 
-def after_infra_error(state: JobState, max_attempts: int, now: datetime) -> ev.JobEvent:
-    """What follows a `JobErrored` already folded into `state`: another attempt while
-    attempts remain, else `JobDead` with the last reason."""
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """How long a job waits after an infrastructure error before it runs again:
+    exponential in the attempt, capped, with jitter so a fleet-wide failure (NATS away,
+    a bad device image) does not retry everything at the same instant."""
+
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+    def delay_s(self, job_id: str, attempt: int) -> float:
+        """The wait after failed attempt `attempt`: half of `base * 2^(attempt-1)` (capped),
+        plus up to the other half. The jitter is a hash of the job and attempt rather than
+        a random draw, so the decision is the same wherever and whenever it is made."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** max(0, attempt - 1))
+        digest = hashlib.blake2b(f"{job_id}:{attempt}".encode(), digest_size=8).digest()
+        fraction = int.from_bytes(digest, "big") / 2**64
+        return ceiling / 2 + ceiling / 2 * fraction
+
+
+NO_BACKOFF = Backoff(base_s=0.0)
+
+
+def after_infra_error(
+    state: JobState, max_attempts: int, now: datetime, backoff: Backoff = NO_BACKOFF
+) -> ev.JobEvent:
+    """What follows a `JobErrored` already folded into `state`: another attempt after
+    the backoff while attempts remain, else `JobDead` with the last reason."""
     reason = state.reason or "infrastructure error"
     if state.attempt >= max_attempts:
         return ev.JobDead(at=now, job_id=state.job_id, reason=f"{reason} (attempt limit)")
-    return ev.JobRetried(at=now, job_id=state.job_id, attempt=state.attempt + 1, reason=reason)
+    delay = backoff.delay_s(state.job_id, state.attempt)
+    return ev.JobRetried(
+        at=now,
+        job_id=state.job_id,
+        attempt=state.attempt + 1,
+        reason=reason,
+        not_before=now + timedelta(seconds=delay) if delay > 0 else None,
+    )
 
 
 class Row(Protocol):

@@ -21,6 +21,7 @@ async def error_job(
     reason: str,
     max_attempts: int,
     log_ref: str | None = None,
+    backoff: lifecycle.Backoff = lifecycle.NO_BACKOFF,
 ) -> bool:
     """Append `JobErrored` and its follow-up, each guarded by the job's version; False
     when someone else moved the job first (it is theirs then, and nothing is written)."""
@@ -35,7 +36,7 @@ async def error_job(
     try:
         appended = await events.append(errored, expected_seq=job.version)
         state = lifecycle.evolve(job, errored, appended.seq)
-        follow_up = lifecycle.after_infra_error(state, max_attempts, ev.utcnow())
+        follow_up = lifecycle.after_infra_error(state, max_attempts, ev.utcnow(), backoff)
         await events.append(follow_up, expected_seq=state.version)
     except ConcurrencyConflict:
         return False

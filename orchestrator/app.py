@@ -47,6 +47,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
             await qnats.registry(conns.js, settings.agent_ttl_s),
             settings.max_attempts,
             interval_s=settings.agent_ttl_s / 2,
+            backoff=settings.backoff,
         )
         await sweeper.run(stop)
         log.info("orchestrator_stopping")

@@ -35,11 +35,13 @@ class LostAgentSweeper:
         registry: KeyValue,
         max_attempts: int,
         interval_s: float,
+        backoff: lifecycle.Backoff = lifecycle.NO_BACKOFF,
     ) -> None:
         self._events = events
         self._pool = pool
         self._registry = registry
         self._max_attempts = max_attempts
+        self._backoff = backoff
         self._interval_s = interval_s
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -78,6 +80,11 @@ class LostAgentSweeper:
             log.warning("agent_lost", agent_id=agent_id, jobs=len(jobs))
             for job in jobs:
                 requeued += await requeue.error_job(
-                    self._events, job, ev.AgentId(agent_id), "agent lost", self._max_attempts
+                    self._events,
+                    job,
+                    ev.AgentId(agent_id),
+                    "agent lost",
+                    self._max_attempts,
+                    backoff=self._backoff,
                 )
         return requeued

@@ -1,5 +1,6 @@
 """The grouping projector: folds jobs into batches keyed by (org, app version, target) and
-keeps exactly one dispatch ticket alive per batch that has pending jobs.
+keeps exactly one dispatch ticket alive per batch that has jobs ready to run. A batch
+whose pending jobs all wait out a retry backoff gets its ticket when the first wait ends.
 
 Its state is a pure fold of QG_EVENTS kept in memory and rebuilt from the stream at start.
 Tickets carry deterministic message ids (`batch:ticket`), so rebuilding never dispatches
@@ -22,10 +23,14 @@ from projections.runner import decode_batch
 
 if TYPE_CHECKING:
     import asyncio
+    from datetime import datetime
 
     from nats.js import JetStreamContext
 
 log = structlog.get_logger(__name__)
+
+TICK_S = 0.5
+"""How often batches waiting out a retry backoff are looked at."""
 
 
 @dataclass
@@ -38,6 +43,8 @@ class BatchState:
     target: ev.Target
     pending: dict[str, int] = field(default_factory=dict)
     """Pending job id -> priority."""
+    backoff: dict[str, datetime] = field(default_factory=dict)
+    """Pending job id -> when its retry backoff ends (only jobs still waiting)."""
     ticket: int = 0
     """Number of the batch's latest ticket."""
     ticket_live: bool = False
@@ -45,6 +52,17 @@ class BatchState:
     @property
     def band(self) -> int:
         return max(self.pending.values())
+
+    def ready(self, now: datetime) -> bool:
+        """Whether a pending job may be claimed at `now`; forgets waits that are over."""
+        for job_id, until in list(self.backoff.items()):
+            if until <= now:
+                del self.backoff[job_id]
+        return len(self.pending) > len(self.backoff)
+
+    def forget(self, job_id: str) -> None:
+        self.pending.pop(job_id, None)
+        self.backoff.pop(job_id, None)
 
 
 class Grouping:
@@ -57,6 +75,8 @@ class Grouping:
         self.job_position = 0
         """Sequence of the last job event folded: a ticket's `as_of_seq`, because the
         `jobs` read model (which claims read) only ever advances on job events."""
+        self._waiting: dict[str, BatchState] = {}
+        """Batches without a ticket whose pending jobs all wait out a backoff."""
 
     def _issue(self, batch: BatchState) -> ev.WorkTicket:
         batch.ticket += 1
@@ -74,10 +94,35 @@ class Grouping:
             as_of_seq=self.job_position,
         )
 
-    def _pend(self, job_id: str) -> ev.WorkTicket | None:
+    def _pend(
+        self, job_id: str, at: datetime, not_before: datetime | None = None
+    ) -> ev.WorkTicket | None:
         batch, priority = self._open_jobs[job_id]
         batch.pending[job_id] = priority
-        return None if batch.ticket_live else self._issue(batch)
+        if not_before is not None and not_before > at:
+            batch.backoff[job_id] = not_before
+        return None if batch.ticket_live else self._offer(batch, at)
+
+    def _offer(self, batch: BatchState, now: datetime) -> ev.WorkTicket | None:
+        """A ticket for a batch without one, if a pending job may run now; else the batch
+        waits for `tick`."""
+        if batch.ready(now):
+            self._waiting.pop(batch.batch_id, None)
+            return self._issue(batch)
+        if batch.pending:
+            self._waiting[batch.batch_id] = batch
+        return None
+
+    def tick(self, now: datetime) -> list[ev.WorkTicket]:
+        """Tickets for waiting batches whose first retry backoff has ended by `now`."""
+        tickets: list[ev.WorkTicket] = []
+        for batch in list(self._waiting.values()):
+            if batch.ticket_live or not batch.pending:
+                del self._waiting[batch.batch_id]
+            elif batch.ready(now):
+                del self._waiting[batch.batch_id]
+                tickets.append(self._issue(batch))
+        return tickets
 
     def apply(self, seq: int, event: ev.Event) -> ev.WorkTicket | None:
         """Fold one event; returns the ticket to publish, if the event calls for one."""
@@ -91,24 +136,26 @@ class Grouping:
                         event.batch_id, event.org_id, event.app_version_id, event.target
                     )
                 self._open_jobs[event.job_id] = (batch, event.priority)
-                return self._pend(event.job_id)
-            case ev.JobRetried() | ev.JobReleased():
+                return self._pend(event.job_id, event.at)
+            case ev.JobRetried():
                 if event.job_id in self._open_jobs:
-                    return self._pend(event.job_id)
+                    return self._pend(event.job_id, event.at, event.not_before)
+            case ev.JobReleased():
+                if event.job_id in self._open_jobs:
+                    return self._pend(event.job_id, event.at)
             case ev.JobAssigned():
                 if event.job_id in self._open_jobs:
-                    self._open_jobs[event.job_id][0].pending.pop(event.job_id, None)
+                    self._open_jobs[event.job_id][0].forget(event.job_id)
             case ev.JobPassed() | ev.JobFailed() | ev.JobDead() | ev.JobCancelled():
                 if event.job_id in self._open_jobs:
                     batch, _ = self._open_jobs.pop(event.job_id)
-                    batch.pending.pop(event.job_id, None)
+                    batch.forget(event.job_id)
             case ev.BatchDrained():
                 batch = self.batches.get(event.batch_id)
                 if batch is None or event.ticket != batch.ticket:
                     return None  # a stale ticket was spent: the live one is untouched
                 batch.ticket_live = False
-                if batch.pending:
-                    return self._issue(batch)
+                return self._offer(batch, event.at)
         return None
 
     def live_tickets(self) -> list[ev.WorkTicket]:
@@ -160,8 +207,11 @@ class GroupingProjector:
                     for ticket in self.grouping.live_tickets():
                         await self._publish(ticket)
                     log.info("grouping_rebuilt", stream_seq=self.position)
+                if live:
+                    for due in self.grouping.tick(ev.utcnow()):
+                        await self._publish(due)
                 try:
-                    msgs = await sub.fetch(1000, timeout=1.0)
+                    msgs = await sub.fetch(1000, timeout=TICK_S)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 events, self.position = decode_batch(msgs, self.position)

@@ -205,5 +205,12 @@ async def test_an_install_failure_errors_the_batch_until_its_jobs_are_dead(
     for view in views:
         assert view.status == "dead"
         assert view.events.count("job.errored") == 3
+        first, second, third = view.attempts
+        assert first.ended_at is not None
+        assert second.ended_at is not None
+        backoff = AgentConfig(agent_id=ev.AgentId("x"), targets=()).backoff
+        # Each retry ran only after its backoff: at least half the exponential step.
+        assert (second.assigned_at - first.ended_at).total_seconds() >= backoff.base_s / 2
+        assert (third.assigned_at - second.ended_at).total_seconds() >= backoff.base_s
         assert "job.started" not in view.events
         assert view.reason == "install failed: exit code 7: adb: device offline (attempt limit)"

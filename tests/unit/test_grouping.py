@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from infra import events as ev
 from projections.grouping import Grouping
 from tests.unit.factories import T0, assigned, submitted
@@ -79,3 +81,47 @@ def test_a_rebuild_offers_exactly_the_live_tickets_with_pending_jobs() -> None:
     g.apply(2, submitted("j2", batch_id=ev.BatchId("b2")))
     g.apply(3, assigned("j2", batch="b2"))
     assert [t.batch_id for t in g.live_tickets()] == ["b1"]
+
+
+def retried(job: str, wait_s: float) -> ev.JobRetried:
+    return ev.JobRetried(
+        at=T0,
+        job_id=ev.JobId(job),
+        attempt=2,
+        reason="install failed",
+        not_before=T0 + timedelta(seconds=wait_s),
+    )
+
+
+def test_a_job_in_retry_backoff_gets_its_ticket_when_the_wait_ends() -> None:
+    g = Grouping()
+    g.apply(1, submitted("j1"))
+    g.apply(2, assigned("j1"))
+    g.apply(3, drained(ticket=1))
+    assert g.apply(4, retried("j1", wait_s=5)) is None, "no ticket while the job waits"
+    assert g.tick(T0 + timedelta(seconds=4)) == []
+    [due] = g.tick(T0 + timedelta(seconds=5))
+    assert (due.ticket, due.as_of_seq) == (2, 4)
+    assert g.tick(T0 + timedelta(seconds=6)) == [], "one ticket, not one per tick"
+
+
+def test_a_drained_ticket_leaves_waiting_jobs_to_the_timer_not_to_a_busy_loop() -> None:
+    g = Grouping()
+    g.apply(1, submitted("j1"))
+    g.apply(2, assigned("j1"))
+    g.apply(3, retried("j1", wait_s=5))  # the live ticket 1 is still out
+    assert g.apply(4, drained(ticket=1)) is None, "its claim found nothing it may run yet"
+    [due] = g.tick(T0 + timedelta(seconds=5))
+    assert due.ticket == 2
+
+
+def test_a_new_job_in_a_waiting_batch_is_dispatched_at_once() -> None:
+    g = Grouping()
+    g.apply(1, submitted("j1"))
+    g.apply(2, assigned("j1"))
+    g.apply(3, drained(ticket=1))
+    g.apply(4, retried("j1", wait_s=60))
+    fresh = g.apply(5, submitted("j2"))
+    assert fresh is not None
+    assert fresh.ticket == 2
+    assert g.tick(T0 + timedelta(seconds=60)) == [], "the live ticket covers j1 too"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from infra import events as ev
@@ -59,6 +61,24 @@ def test_infrastructure_errors_retry_until_the_attempt_limit_then_the_job_is_dea
     assert isinstance(dead, ev.JobDead)
     assert "install failed" in dead.reason
     assert lifecycle.evolve(state, dead).status is JobStatus.DEAD
+
+
+def test_an_infrastructure_retry_waits_a_jittered_exponential_backoff() -> None:
+    backoff = lifecycle.Backoff(base_s=2.0, cap_s=10.0)
+    delays = [backoff.delay_s("j1", attempt) for attempt in (1, 2, 3, 4, 5)]
+    for delay, ceiling in zip(delays, (2, 4, 8, 10, 10), strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert delays == [backoff.delay_s("j1", a) for a in (1, 2, 3, 4, 5)], "same everywhere"
+    assert backoff.delay_s("j1", 3) != backoff.delay_s("j2", 3), "jobs do not retry in step"
+
+    state = lifecycle.fold([(1, submitted()), (2, assigned()), (3, errored())])
+    assert state is not None
+    retry = lifecycle.after_infra_error(state, max_attempts=3, now=T0, backoff=backoff)
+    assert isinstance(retry, ev.JobRetried)
+    assert retry.not_before == T0 + timedelta(seconds=delays[0])
+    waiting = lifecycle.evolve(state, retry)
+    assert waiting.not_before == retry.not_before
+    assert lifecycle.evolve(waiting, assigned(attempt=2)).not_before is None
 
 
 def test_a_released_job_is_queued_with_its_attempt_unchanged() -> None:
