@@ -96,6 +96,10 @@ class ApiClient:
         """Cancel a job that has not finished."""
         return await self._request("DELETE", _job_path(job_id), api.JobView)
 
+    async def cancel_many(self, match: api.CancelMany) -> api.CancelResult:
+        """Cancel every unfinished job of a batch or an app version."""
+        return await self._request("POST", "/jobs:cancel", api.CancelResult, body=match)
+
     async def jobs(
         self,
         *,

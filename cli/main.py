@@ -364,13 +364,40 @@ def _write_raw(data: bytes) -> None:
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(help="The job to cancel.")],
+    job_id: Annotated[str | None, typer.Argument(help="The job to cancel.")] = None,
+    batch_id: Annotated[
+        str | None, typer.Option(help="Cancel every unfinished job of this batch.")
+    ] = None,
+    app_version_id: Annotated[
+        str | None,
+        typer.Option(help="Cancel every unfinished job of this app build (with --org-id)."),
+    ] = None,
+    org_id: Annotated[str | None, typer.Option(help="The org of --app-version-id.")] = None,
+    target: Annotated[
+        str | None, typer.Option(help="With --app-version-id: only jobs on this target.")
+    ] = None,
     json_output: Json = False,
     api_url: ApiUrl = None,
     token: Token = None,
 ) -> None:
-    """Cancel a job that has not finished yet."""
-    _show(api_url, token, lambda client: client.cancel(job_id), render.job_detail, json_output)
+    """Cancel a job that has not finished yet, or every unfinished job of a batch or of
+    an app build. Queued jobs leave their batch at once; running tests are stopped."""
+    many = batch_id is not None or app_version_id is not None
+    if (job_id is None) == (not many):
+        fail("give a job id, or --batch-id, or --org-id with --app-version-id")
+    if job_id is not None:
+        cancel_one = lambda client: client.cancel(job_id)  # noqa: E731
+        _show(api_url, token, cancel_one, render.job_detail, json_output)
+        return
+    if app_version_id is not None and org_id is None:
+        fail("--app-version-id needs --org-id")
+    match = api.CancelMany(
+        batch_id=batch_id,
+        org_id=org_id,
+        app_version_id=app_version_id,
+        target=None if target is None else _choice(Target, "--target", target),
+    )
+    _show(api_url, token, lambda client: client.cancel_many(match), render.cancelled, json_output)
 
 
 @queue_app.command("status")

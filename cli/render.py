@@ -240,6 +240,15 @@ def health_view(health: api.Health) -> RenderableType:
     )
 
 
+def cancelled(result: api.CancelResult) -> RenderableType:
+    """`cancelled 3 jobs (1 had already finished)` and their ids."""
+    done = result.already_finished
+    note = f" ({done} had already finished)" if done else ""
+    lines = [f"cancelled {len(result.cancelled)} job(s){note}"]
+    lines += [f"  {job.job_id}  {job.test_path}" for job in result.cancelled]
+    return Text("\n".join(lines))
+
+
 def ops_view(report: rpc.OpsResponse) -> RenderableType:
     """One row per rebuilt read model; a verify adds how many rows differ."""
     verifying = any(p.differing is not None for p in report.projections)

@@ -60,6 +60,16 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     idempotency_key: Name | None = None
 
 
+class CancelMany(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /jobs:cancel`: every unfinished job of one batch, or of one app
+    version of an org (optionally on one target)."""
+
+    batch_id: Name | None = None
+    org_id: Name | None = None
+    app_version_id: Name | None = None
+    target: Target | None = None
+
+
 class BulkSubmit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Several jobs in one `POST /jobs`: `{"jobs": [...]}`."""
 
@@ -113,6 +123,12 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     """Event types on the job's subject, oldest first (only from `GET /jobs/{id}`)."""
     attempts: list[AttemptView] = []
     """Every run on an agent, oldest first (only from `GET /jobs/{id}`)."""
+
+
+class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
+    cancelled: list[JobView]
+    already_finished: int
+    """Jobs that matched but reached a final state first."""
 
 
 class SubmitResponse(msgspec.Struct, frozen=True, kw_only=True):

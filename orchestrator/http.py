@@ -126,6 +126,18 @@ async def get_job_logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+_cancel_many = msgspec.json.Decoder(api.CancelMany)
+
+
+async def post_cancel(request: web.Request) -> web.Response:
+    match = _cancel_many.decode(await request.read())
+    if match.batch_id is None and (match.org_id is None or match.app_version_id is None):
+        raise msgspec.ValidationError(
+            "give `batch_id`, or `org_id` and `app_version_id` - at `$.batch_id`"
+        )
+    return _json(await request.app[SERVICE].cancel_many(match))
+
+
 async def delete_job(request: web.Request) -> web.Response:
     return _json(await request.app[SERVICE].cancel(request.match_info["job_id"]))
 
@@ -266,6 +278,16 @@ ROUTES = (
         summary="Cancel a job that has not finished",
         responses={200: api.JobView},
         errors=(404, 409, 503),
+    ),
+    openapi.Route(
+        method="POST",
+        path="/jobs:cancel",
+        handler=post_cancel,
+        summary="Cancel every unfinished job of a batch, or of an org's app version "
+        "(optionally on one target)",
+        body=api.CancelMany,
+        responses={200: api.CancelResult},
+        errors=(400, 422, 503),
     ),
     openapi.Route(
         method="GET",

@@ -86,6 +86,19 @@ async def pending_in_batch(
     return [lifecycle.from_row(r) for r in rows]
 
 
+async def unfinished_jobs(conn: db.Connection, match: api.CancelMany) -> list[str]:
+    """Ids of the jobs not in a final state that match every field given."""
+    clauses = ["status <> ALL($1)"]
+    args: list[Any] = [[str(s) for s in ev.TERMINAL_STATUSES]]
+    for name in ("batch_id", "org_id", "app_version_id", "target"):
+        value = getattr(match, name)
+        if value is not None:
+            args.append(str(value))
+            clauses.append(f"{name} = ${len(args)}")
+    rows = await conn.fetch(f"SELECT job_id FROM jobs WHERE {' AND '.join(clauses)}", *args)
+    return [row["job_id"] for row in rows]
+
+
 async def wait_for_checkpoint(pool: db.Pool, projection: str, seq: int, timeout_s: float) -> bool:
     """Wait until `projection` has applied stream sequence `seq`; False on timeout."""
     deadline = time.monotonic() + timeout_s

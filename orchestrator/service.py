@@ -97,6 +97,30 @@ class JobService:
             return queries.job_view(state, [*history, event])
         raise domain.DomainError(f"job {job_id} keeps changing; try again")
 
+    async def cancel_many(self, match: api.CancelMany) -> api.CancelResult:
+        """Cancel every unfinished job of a batch or of an app version. The read model is
+        first brought up to the last job event, so a job submitted just before is found."""
+        last = await self._events.last(ev.JOB_EVENT_SUBJECTS)
+        caught_up = await queries.wait_for_checkpoint(
+            self._pool, queries.JOBS_PROJECTION, last[0] if last else 0, CLAIM_CATCH_UP_S
+        )
+        if not caught_up:
+            raise TimeoutError("the jobs read model is behind the event log")
+        async with self._pool.acquire() as conn:
+            job_ids = await queries.unfinished_jobs(conn, match)
+        outcomes = await asyncio.gather(*map(self._cancel_if_open, job_ids))
+        cancelled = [view for view in outcomes if view is not None]
+        log.info("jobs_cancelled", jobs=len(cancelled), batch_id=match.batch_id)
+        return api.CancelResult(
+            cancelled=cancelled, already_finished=len(outcomes) - len(cancelled)
+        )
+
+    async def _cancel_if_open(self, job_id: str) -> api.JobView | None:
+        try:
+            return await self.cancel(job_id)
+        except domain.JobFinished:
+            return None
+
     async def claim(self, request: rpc.ClaimRequest) -> rpc.ClaimResponse:
         """Assign the batch's pending jobs to the asking agent; when there are none, record
         that the agent's ticket is spent so the grouping projector can issue the next."""

@@ -153,3 +153,21 @@ def test_status_shows_each_attempt_of_a_retried_job(up: Up) -> None:
     assert "attempts" in shown.stdout
     rows = [line.split() for line in shown.stdout.splitlines() if line.strip()[:2] in ("1 ", "2 ")]
     assert [(row[0], row[2]) for row in rows] == [("1", "retried"), ("2", "failed")]
+
+
+def test_cancel_every_job_of_an_app_build_in_one_command(up: Up) -> None:
+    queued = up.qgjob(
+        *SUBMIT[:2],
+        "--app-version-id=never-run",
+        "--test=a.js",
+        "--test=b.js",
+        "--target=browserstack",
+    )
+    ids = queued.stdout.split()
+    done = up.qgjob("jobs", "cancel", "--org-id=qualgent", "--app-version-id=never-run")
+    assert done.returncode == 0, done.stderr
+    assert "cancelled 2 job(s)" in done.stdout
+    assert all(job_id in done.stdout for job_id in ids)
+    assert up.qgjob("wait", *ids).returncode == 2, "cancelled jobs give no verdict"
+    both = up.qgjob("jobs", "cancel", ids[0], "--batch-id=b")
+    assert (both.returncode, both.stderr.count("\n")) == (2, 1)

@@ -140,6 +140,27 @@ async def test_cancel_a_queued_job_then_cancelling_again_is_409(stack: Stack) ->
     assert "already cancelled" in body["error"]
 
 
+async def test_cancel_a_whole_batch_or_app_version_in_one_request(stack: Stack) -> None:
+    v1 = [await stack.submit(app_version_id="v1", test_path=f"t{i}.js") for i in range(3)]
+    on_device = await stack.submit(app_version_id="v1", test_path="d.js", target="device")
+    other = await stack.submit(app_version_id="v2", test_path="t.js")
+    await stack.request("DELETE", f"/jobs/{v1[0].job_id}")
+
+    status, body = await stack.request("POST", "/jobs:cancel", {"batch_id": v1[1].batch_id})
+    assert status == 200, body
+    assert {job["job_id"] for job in body["cancelled"]} == {v1[1].job_id, v1[2].job_id}
+    assert body["already_finished"] == 0, "an already cancelled job is not matched again"
+
+    body = (
+        await stack.request("POST", "/jobs:cancel", {"org_id": "qualgent", "app_version_id": "v1"})
+    )[1]
+    assert [job["job_id"] for job in body["cancelled"]] == [on_device.job_id]
+    assert (await stack.job(other.job_id)).status == "queued", "another build is untouched"
+
+    status, body = await stack.request("POST", "/jobs:cancel", {"app_version_id": "v1"})
+    assert (status, body["field"]) == (422, "batch_id")
+
+
 async def test_every_error_is_json_even_from_the_router(stack: Stack) -> None:
     status, body = await stack.request("GET", "/nowhere")
     assert (status, body["error"]) == (404, "Not Found")

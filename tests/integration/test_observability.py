@@ -21,6 +21,7 @@ ENDPOINTS = {
     "/jobs": {"get", "post"},
     "/jobs/{job_id}": {"get", "delete"},
     "/jobs/{job_id}/logs": {"get"},
+    "/jobs:cancel": {"post"},
     "/ops/replay": {"post"},
     "/ops/verify": {"post"},
     "/batches": {"get"},
