@@ -21,6 +21,7 @@ from rich.console import Console
 
 from agent import app as agent_app
 from agent.runners import Runner
+from agent.runners.appwright import AppwrightConfig, AppwrightRunner
 from agent.runners.command import CommandConfig, CommandRunner
 from agent.runners.simulated import SimulatedConfig
 from agent.worker import AgentConfig
@@ -109,6 +110,7 @@ def _simulated_agents(
                 agent_id=ev.AgentId(f"{prefix}-{slot + 1}"),
                 targets=tuple(targets),
                 max_attempts=config.max_attempts,
+                backoff=config.backoff,
                 ticket_ack_wait_s=config.ticket_ack_wait_s,
                 heartbeat_ttl_s=config.agent_ttl_s,
             ),
@@ -142,6 +144,7 @@ class RunnerKind(enum.StrEnum):
 
     SIMULATED = "simulated"
     COMMAND = "command"
+    APPWRIGHT = "appwright"
 
 
 _PLACEHOLDERS = "{org_id}, {app_version_id}, {target}"
@@ -150,9 +153,9 @@ _PLACEHOLDERS = "{org_id}, {app_version_id}, {target}"
 def _command_config(
     kind: RunnerKind, install_cmd: str | None, test_cmd: str | None
 ) -> CommandConfig | None:
-    """The command runner's templates (None for the simulated runner); exits 2 when they
+    """The command runner's templates (None for the other runners); exits 2 when they
     are missing, given to the wrong runner or name an unknown placeholder."""
-    if kind is RunnerKind.SIMULATED:
+    if kind is not RunnerKind.COMMAND:
         if install_cmd is not None or test_cmd is not None:
             fail("--install-cmd and --test-cmd need --runner command")
         return None
@@ -165,13 +168,56 @@ def _command_config(
         fail(f"bad command template: {exc}")
 
 
+def _appwright_config(
+    kind: RunnerKind,
+    targets: list[ev.Target],
+    directory: Path | None,
+    projects: list[str],
+    build_source: str | None,
+    build_dir: Path | None,
+) -> AppwrightConfig | None:
+    """The AppWright runner's configuration (None for the other runners); exits 2 when it
+    is incomplete, given to the wrong runner, or leaves a served target without a project."""
+    if kind is not RunnerKind.APPWRIGHT:
+        if directory is not None or projects or build_source is not None or build_dir:
+            fail("--appwright-dir, --project, --build-source, --build-dir need --runner appwright")
+        return None
+    if directory is None or build_source is None or not projects:
+        fail("--runner appwright needs --appwright-dir, --build-source and --project TARGET=NAME")
+    if not (directory / "appwright.config.ts").is_file():
+        fail(f"no appwright.config.ts in --appwright-dir {directory}")
+    mapping: dict[str, str] = {}
+    for item in projects:
+        target, equals, name = item.partition("=")
+        if not equals or target in mapping:
+            fail(f"--project takes TARGET=NAME once per target (emulator=android), not {item!r}")
+        mapping[target] = name
+    builds = build_dir or settings.from_env().home / "builds"
+    try:
+        config = AppwrightConfig(
+            project_dir=str(directory.resolve()),
+            projects=mapping,
+            build_source=build_source,
+            build_dir=str(builds.resolve()),
+        )
+    except ValueError as exc:
+        fail(f"bad AppWright configuration: {exc}")
+    unmapped = [t.value for t in targets if t.value not in mapping]
+    if unmapped:
+        fail(f"--target {', '.join(unmapped)} has no --project TARGET=NAME")
+    return config
+
+
 @app.command()
 def agent(
     target: Targets,
     slots: Annotated[int, typer.Option(min=1, help="Device slots (agents) in this process.")] = 1,
     name: Annotated[str, typer.Option(help="Agent id prefix.")] = socket.gethostname(),
     runner: Annotated[
-        RunnerKind, typer.Option(help="Simulated tests, or real commands (--test-cmd).")
+        RunnerKind,
+        typer.Option(
+            help="Simulated tests, real commands (--test-cmd) or AppWright (--appwright-dir)."
+        ),
     ] = RunnerKind.SIMULATED,
     install_cmd: Annotated[
         str | None,
@@ -186,21 +232,50 @@ def agent(
             f"may name {_PLACEHOLDERS}, {{test_path}}, {{job_id}}. Exit code 0 passes."
         ),
     ] = None,
+    appwright_dir: Annotated[
+        Path | None,
+        typer.Option(help="AppWright project (appwright.config.ts, node_modules); tests run here."),
+    ] = None,
+    project: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--project",
+            help="TARGET=NAME: the AppWright project that runs a target, e.g. emulator=android; "
+            "repeat for each --target.",
+        ),
+    ] = None,
+    build_source: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a build comes from: a path (relative to --appwright-dir) or an http(s) "
+            "URL naming {app_version_id}, and maybe {org_id}, {target}."
+        ),
+    ] = None,
+    build_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where downloaded builds go (default: $QG_HOME/builds)."),
+    ] = None,
     install_s: Annotated[float, typer.Option(min=0, help="Simulated install time.")] = 2.0,
     test_s: Annotated[float, typer.Option(min=0, help="Simulated test time.")] = 0.5,
     fail_rate: Annotated[float, typer.Option(min=0, max=1, help="Simulated failure rate.")] = 0.0,
 ) -> None:
-    """Run agents serving the given targets, simulated or running real commands (needs
-    only QG_NATS_URL). Each templated argument stays one argument: no shell is involved."""
+    """Run agents serving the given targets, simulated, running real commands or AppWright
+    tests (needs only QG_NATS_URL). Each templated argument stays one argument: no shell is
+    involved."""
     command = _command_config(runner, install_cmd, test_cmd)
+    appwright = _appwright_config(
+        runner, target, appwright_dir, project or [], build_source, build_dir
+    )
     config = _settings()
     servers = _external_servers(config, need_database=False)
     qlogging.configure(config.log_format)
     simulated = SimulatedConfig(install_s=install_s, test_s=test_s, fail_rate=fail_rate)
     agents = _simulated_agents(target, slots, simulated, name)
+    # The same slots and agent ids, each running real tests instead.
     if command is not None:
-        # The same slots and agent ids, each running real commands instead.
         agents = [(slot, CommandRunner(command)) for slot, _ in agents]
+    elif appwright is not None:
+        agents = [(slot, AppwrightRunner(appwright)) for slot, _ in agents]
     _until_signalled(lambda stop: agent_app.run(servers, agents, stop))
 
 

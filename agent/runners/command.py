@@ -8,18 +8,14 @@ can stop the test and everything it started.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import re
-import signal
 import string
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from agent.runners import InstallFailed, Output, RunnerError, TestOutcome
+from agent.runners import InstallFailed, Output, RunnerError, TestOutcome, process
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -31,8 +27,6 @@ INSTALL_PLACEHOLDERS = frozenset({"org_id", "app_version_id", "target"})
 TEST_PLACEHOLDERS = INSTALL_PLACEHOLDERS | {"test_path", "job_id"}
 """What a test template may name."""
 
-_REASON_CHARS = 300
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _formatter = string.Formatter()
 
 
@@ -85,27 +79,6 @@ class CommandConfig(msgspec.Struct, frozen=True, kw_only=True):
         check_template(self.install, INSTALL_PLACEHOLDERS)
 
 
-class _Finished(msgspec.Struct, frozen=True):
-    returncode: int
-    output: str
-    """The end of the merged stdout and stderr, with a note of what was dropped before it."""
-
-    def tail(self, lines: int) -> list[str]:
-        kept = [_ANSI.sub("", line).strip() for line in self.output.splitlines()]
-        return [line[:_REASON_CHARS] for line in kept if line][-lines:]
-
-    def describe(self, lines: int = 1) -> str:
-        """`exit code 3: <last line>` or `killed by SIGKILL: <last line>`."""
-        status = f"exit code {self.returncode}"
-        if self.returncode < 0:
-            try:
-                status = f"killed by {signal.Signals(-self.returncode).name}"
-            except ValueError:  # a real-time signal has no name
-                status = f"killed by signal {-self.returncode}"
-        tail = " | ".join(self.tail(lines))
-        return f"{status}: {tail}" if tail else status
-
-
 class CommandRunner:
     """Runs the configured install and test commands as real processes."""
 
@@ -140,61 +113,13 @@ class CommandRunner:
             return TestOutcome(passed=True, duration_s=duration)
         return TestOutcome(passed=False, duration_s=duration, reason=finished.describe())
 
-    async def _execute(self, argv: list[str], output: Output | None = None) -> _Finished:
-        """Run `argv` in a new process group to its end, streaming what it prints to
-        `output`; on cancellation stop the whole group before re-raising. Any process the
-        command left behind is stopped too."""
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self._config.workdir,
-                env={**os.environ, **self._config.env},
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise RunnerError(f"cannot start {argv[0]!r}: {exc}") from exc
-        assert process.stdout is not None
-        reading = asyncio.create_task(self._read(process.stdout, output))
-        try:
-            returncode = await process.wait()
-        except BaseException:
-            reading.cancel()
-            raise
-        finally:
-            # After a normal exit this ends stragglers that would hold the output pipe open.
-            await self._stop_group(process)
-        return _Finished(returncode, await reading)
-
-    async def _read(self, stream: asyncio.StreamReader, output: Output | None) -> str:
-        limit = self._config.output_limit_bytes
-        kept = bytearray()
-        dropped = 0
-        while chunk := await stream.read(1 << 16):
-            if output is not None:
-                await output.write(chunk)
-            kept += chunk
-            if len(kept) > limit:
-                dropped += len(kept) - limit
-                del kept[:-limit]
-        note = f"[{dropped} bytes of output dropped]\n" if dropped else ""
-        return note + kept.decode(errors="replace")
-
-    async def _stop_group(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM the group, give its leader `kill_grace_s` to exit, then SIGKILL the
-        group and reap the leader. The kernel does not reuse a live group's id."""
-        try:
-            _signal_group(process.pid, signal.SIGTERM)
-            if process.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), self._config.kill_grace_s)
-        finally:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
+    async def _execute(self, argv: list[str], output: Output | None = None) -> process.Finished:
+        config = self._config
+        return await process.execute(
+            argv,
+            cwd=config.workdir,
+            env={**os.environ, **config.env},
+            kill_grace_s=config.kill_grace_s,
+            output_limit_bytes=config.output_limit_bytes,
+            output=output,
+        )
