@@ -21,6 +21,7 @@ EVENTS_STREAM = "QG_EVENTS"
 WORK_STREAM = "QG_WORK"
 EVENT_SUBJECTS = "qg.evt.>"
 JOB_EVENT_SUBJECTS = "qg.evt.job.>"
+TOKEN_EVENT_SUBJECTS = "qg.evt.token.>"
 WORK_SUBJECTS = "qg.work.>"
 CLAIM_SUBJECT = "qg.rpc.claim"
 
@@ -190,6 +191,32 @@ class AgentLost(_Event, frozen=True, tag="agent.lost"):
     agent_id: AgentId
 
 
+class Role(enum.StrEnum):
+    """What an API token may do."""
+
+    READ = "read"
+    """Read and list its org's jobs, batches and queues."""
+    SUBMIT = "submit"
+    """Also submit and cancel its org's jobs."""
+    ADMIN = "admin"
+    """Everything, for every org, including tokens and ops."""
+
+
+class TokenIssued(_Event, frozen=True, tag="token.issued"):
+    """An API token was created; only a hash of its secret is recorded."""
+
+    token_id: str
+    org_id: str | None
+    """None for an admin token, which is not tied to one org."""
+    role: Role
+    secret_sha256: str
+    name: str = ""
+
+
+class TokenRevoked(_Event, frozen=True, tag="token.revoked"):
+    token_id: str
+
+
 JobEvent = (
     JobSubmitted
     | JobAssigned
@@ -204,7 +231,8 @@ JobEvent = (
 )
 BatchEvent = BuildInstalled | BatchDrained
 AgentEvent = AgentRegistered | AgentStopped | AgentLost
-Event = JobEvent | BatchEvent | AgentEvent
+TokenEvent = TokenIssued | TokenRevoked
+Event = JobEvent | BatchEvent | AgentEvent | TokenEvent
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
@@ -233,6 +261,8 @@ def subject_of(event: Event) -> str:
             return batch_subject(event.batch_id)
         case AgentRegistered() | AgentStopped() | AgentLost():
             return agent_subject(event.agent_id)
+        case TokenIssued() | TokenRevoked():
+            return f"qg.evt.token.{event.token_id}"
         case _:
             return job_subject(event.job_id)
 
