@@ -153,6 +153,18 @@ class ApiClient:
             async for chunk in response.content.iter_any():
                 yield chunk
 
+    async def create_token(self, spec: api.TokenCreate) -> api.TokenCreated:
+        """A new API token (shown once)."""
+        return await self._request("POST", "/tokens", api.TokenCreated, body=spec)
+
+    async def tokens(self) -> api.TokenPage:
+        """Every API token, without secrets."""
+        return await self._request("GET", "/tokens", api.TokenPage)
+
+    async def revoke_token(self, token_id: str) -> api.TokenView:
+        """Revoke a token: every later request with it answers 401."""
+        return await self._request("DELETE", f"/tokens/{quote(token_id, safe='')}", api.TokenView)
+
     async def ops(self, action: str, body: api.OpsBody) -> rpc.OpsResponse:
         """Replay or verify read models (`action` is `replay` or `verify`); waits as long
         as the rebuild takes."""

@@ -17,10 +17,10 @@ import msgspec
 import typer
 from rich.console import Console, RenderableType
 
-from cli import render, reports, waiting
+from cli import render, reports, waiting, watch
 from cli.client import ApiClient, CliError
-from infra import api, settings
-from infra.events import JobStatus, Target
+from infra import api, settings, tokens
+from infra.events import JobStatus, Role, Target
 
 E = TypeVar("E", bound=enum.StrEnum)
 S = TypeVar("S", bound=msgspec.Struct)
@@ -38,7 +38,11 @@ jobs_app = typer.Typer(help="List and cancel jobs.", no_args_is_help=True)
 queue_app = typer.Typer(help="What is waiting to run.", no_args_is_help=True)
 agents_app = typer.Typer(help="The agents that run tests.", no_args_is_help=True)
 batches_app = typer.Typer(help="Jobs grouped by org, app build and target.", no_args_is_help=True)
-ops_app = typer.Typer(help="Rebuild and check the read models.", no_args_is_help=True)
+ops_app = typer.Typer(
+    help="Operators: rebuild and check the read models, manage API tokens.", no_args_is_help=True
+)
+tokens_app = typer.Typer(help="API tokens of orgs and admins.", no_args_is_help=True)
+ops_app.add_typer(tokens_app, name="tokens")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(queue_app, name="queue")
 app.add_typer(agents_app, name="agents")
@@ -55,7 +59,13 @@ ApiUrl = Annotated[
     ),
 ]
 Token = Annotated[
-    str | None, typer.Option("--token", envvar="QG_TOKEN", help="Bearer token for the API.")
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="QG_TOKEN",
+        show_default=False,
+        help="Bearer token for the API (default: the admin token `qgjob up` keeps in QG_HOME).",
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 WaitTimeout = Annotated[
@@ -99,8 +109,17 @@ def run(api_url: str | None, token: str | None, work: Work) -> None:
 
 
 async def _with_client(api_url: str | None, token: str | None, work: Work) -> int:
-    async with ApiClient(api_url or _default_api_url(), token) as client:
+    async with ApiClient(api_url or _default_api_url(), token or _local_token()) as client:
         return await work(client)
+
+
+def _local_token() -> str | None:
+    """The admin token `qgjob up` left in QG_HOME, when no token was given."""
+    try:
+        path = settings.from_env().home / tokens.LOCAL_ADMIN_FILE
+        return path.read_text().strip() if path.is_file() else None
+    except (ValueError, OSError):
+        return None
 
 
 def _default_api_url() -> str:
@@ -476,6 +495,78 @@ def ops_verify(
         report = await client.ops("verify", api.OpsBody(projection=projection))
         render.show(report, render.ops_view, as_json=json_output)
         return 1 if any(p.differing for p in report.projections) else 0
+
+    run(api_url, token, work)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    org_id: Annotated[
+        str | None, typer.Option(help="The org the token acts for (not for --role admin).")
+    ] = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            metavar="submit|read|admin",
+            help="submit: submit, read and cancel the org's jobs; read: only read; "
+            "admin: everything, every org.",
+        ),
+    ] = "submit",
+    name: Annotated[str, typer.Option(help="What the token is for, e.g. github-actions.")] = "",
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Create an API token and print it once: only its hash is kept (an admin token is
+    needed)."""
+    chosen = _choice(Role, "--role", role)
+    if chosen is not Role.ADMIN and org_id is None:
+        fail(f"a {chosen} token needs --org-id")
+    spec = api.TokenCreate(org_id=org_id, role=chosen, name=name)
+
+    async def work(client: ApiClient) -> int:
+        created = await client.create_token(spec)
+        if json_output:
+            render.print_json(created)
+        else:
+            typer.echo(created.token)
+            render.err.print(f"token {created.details.token_id}: shown once, keep it secret")
+        return 0
+
+    run(api_url, token, work)
+
+
+@tokens_app.command("list")
+def tokens_list(json_output: Json = False, api_url: ApiUrl = None, token: Token = None) -> None:
+    """Every API token (never the secrets), and whether it was revoked."""
+    _show(api_url, token, ApiClient.tokens, render.tokens_view, json_output)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (see `ops tokens list`).")],
+    json_output: Json = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Revoke a token: every later request with it answers 401."""
+    revoke = lambda client: client.revoke_token(token_id)  # noqa: E731
+    _show(api_url, token, revoke, render.tokens_view, json_output)
+
+
+@queue_app.command("watch")
+def queue_watch(
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between two refreshes.")
+    ] = 2.0,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """A live view of the pending bands, open batches, agents and latest verdicts;
+    Ctrl-C stops it."""
+
+    async def work(client: ApiClient) -> int:
+        return await watch.watch(client, interval_s=interval, console=render.out)
 
     run(api_url, token, work)
 

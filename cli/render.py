@@ -249,6 +249,22 @@ def cancelled(result: api.CancelResult) -> RenderableType:
     return Text("\n".join(lines))
 
 
+def tokens_view(tokens: api.TokenPage | api.TokenView) -> RenderableType:
+    """API tokens: id, org, role, name, created, revoked."""
+    rows = tokens.tokens if isinstance(tokens, api.TokenPage) else [tokens]
+    table = _table("token", "org", "role", "name", "created", "revoked")
+    for t in rows:
+        table.add_row(
+            t.token_id,
+            t.org_id or "(all)",
+            t.role.value,
+            t.name or _NONE,
+            _ago(t.created_at),
+            "[bold red]revoked[/]" if t.revoked else "no",
+        )
+    return table
+
+
 def ops_view(report: rpc.OpsResponse) -> RenderableType:
     """One row per rebuilt read model; a verify adds how many rows differ."""
     verifying = any(p.differing is not None for p in report.projections)

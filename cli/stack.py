@@ -28,9 +28,11 @@ from agent.worker import AgentConfig
 from cli import demo
 from cli.client import ApiClient
 from cli.main import app, fail
-from infra import embedded, settings
+from infra import embedded, settings, tokens
 from infra import events as ev
 from infra import logging as qlogging
+from infra import nats as qnats
+from infra.eventlog import EventLog
 from orchestrator import app as orchestrator_app
 from projections import app as projections_app
 
@@ -317,9 +319,10 @@ async def _up(
                 ]
                 await _wait_for_api(config.api_url, components)
                 tasks.create_task(agent_app.run(servers, agents, stop))
+                token = await _local_admin_token(servers, config.home)
                 _banner(console, config, servers, log_path, len(agents))
                 if run_demo:
-                    async with ApiClient(config.api_url) as client:
+                    async with ApiClient(config.api_url, token) as client:
                         await demo.run_demo(client, console)
                 if exit_after_demo:
                     stop.set()
@@ -327,6 +330,14 @@ async def _up(
                     console.print("[bold]Up.[/] Ctrl-C stops everything.")
                 await stop.wait()
     console.print("qgjob stopped.")
+
+
+async def _local_admin_token(servers: embedded.Servers, home: Path) -> str:
+    nc = await qnats.connect(servers.nats_url, name="qgjob-up")
+    try:
+        return await tokens.local_admin(EventLog(nc), home)
+    finally:
+        await qnats.close(nc)
 
 
 def _banner(
@@ -339,6 +350,8 @@ def _banner(
     lines = [
         f"[bold]qgjob[/] API {config.api_url}   data {config.home}   logs {log_path}",
         f"NATS {servers.nats_url}   PostgreSQL {servers.database_url}",
+        f"API admin token in {config.home / tokens.LOCAL_ADMIN_FILE} (the qgjob CLI reads it"
+        " from there; elsewhere: export QG_TOKEN=...)",
         f"{agents} simulated agents (emulator and device). In another terminal:",
         "  qgjob submit --org-id=qualgent --app-version-id=xyz123"
         " --test=tests/onboarding.spec.js --target=emulator --priority=5 --wait",

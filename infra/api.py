@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from infra.events import JobStatus, Target
+from infra.events import JobStatus, Role, Target
 
 PRIORITY_NAMES: dict[str, int] = {
     "low": 1,
@@ -216,3 +216,33 @@ class OpsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """One read model (`jobs`, `batches`, `agents`); default all."""
     until: Annotated[int, Meta(ge=0)] | None = None
     """Replay only: rebuild as of this stream sequence into a kept schema, no swap."""
+
+
+class TokenCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /tokens`."""
+
+    org_id: Name | None = None
+    """Required unless the role is `admin`."""
+    role: Role = Role.SUBMIT
+    name: Annotated[str, Meta(max_length=200)] = ""
+    """What the token is for, e.g. `github-actions`."""
+
+
+class TokenView(msgspec.Struct, frozen=True, kw_only=True):
+    token_id: str
+    org_id: str | None
+    role: Role
+    name: str
+    created_at: datetime
+    revoked: bool = False
+
+
+class TokenCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """A new token: `token` is shown this once and never stored."""
+
+    token: str
+    details: TokenView
+
+
+class TokenPage(msgspec.Struct, frozen=True, kw_only=True):
+    tokens: list[TokenView]

@@ -174,6 +174,49 @@ class BatchDrained(_Event, frozen=True, tag="batch.drained"):
     agent_id: AgentId
 
 
+class BatchClaimed(_Event, frozen=True, tag="batch.claimed"):
+    """A claim with dispatch ticket `ticket` assigned `jobs` of the batch's pending jobs
+    to the agent, which works the batch until it drains or yields it."""
+
+    batch_id: BatchId
+    ticket: int
+    agent_id: AgentId
+    jobs: int
+
+
+class BatchYielded(_Event, frozen=True, tag="batch.yielded"):
+    """The agent stopped working the batch before it was drained and gave back the jobs
+    it had not started (`JobReleased`): for more urgent work, because it is stopping, or
+    because the install failed. Spends the ticket like `BatchDrained`, so the jobs left
+    get a fresh one."""
+
+    batch_id: BatchId
+    ticket: int
+    agent_id: AgentId
+    reason: str
+
+
+class BatchDue(_Event, frozen=True, tag="batch.due"):
+    """The grouping projector's timer found the batch due for a new dispatch decision at
+    `at`: waiting raised its band to `band` (aging), or a retry backoff ended. Recorded so
+    that a rebuilt projector makes the same decisions in the same order."""
+
+    batch_id: BatchId
+    band: int
+    reason: str
+
+
+class BatchSplit(_Event, frozen=True, tag="batch.split"):
+    """The grouping projector gave the batch `parts` more tickets beside ticket `ticket`,
+    so that idle agents share its jobs (each installing the build once), because the
+    batch is expected to finish sooner that way by more than the installs cost."""
+
+    batch_id: BatchId
+    ticket: int
+    parts: int
+    reason: str
+
+
 class AgentRegistered(_Event, frozen=True, tag="agent.registered"):
     agent_id: AgentId
     targets: tuple[Target, ...]
@@ -229,7 +272,7 @@ JobEvent = (
     | JobDead
     | JobCancelled
 )
-BatchEvent = BuildInstalled | BatchDrained
+BatchEvent = BuildInstalled | BatchDrained | BatchClaimed | BatchYielded | BatchDue | BatchSplit
 AgentEvent = AgentRegistered | AgentStopped | AgentLost
 TokenEvent = TokenIssued | TokenRevoked
 Event = JobEvent | BatchEvent | AgentEvent | TokenEvent
@@ -257,12 +300,19 @@ def decode(data: bytes) -> Event:
 def subject_of(event: Event) -> str:
     """The subject of the aggregate an event belongs to."""
     match event:
-        case BuildInstalled() | BatchDrained():
+        case (
+            BuildInstalled()
+            | BatchDrained()
+            | BatchClaimed()
+            | BatchYielded()
+            | BatchDue()
+            | BatchSplit()
+        ):
             return batch_subject(event.batch_id)
         case AgentRegistered() | AgentStopped() | AgentLost():
             return agent_subject(event.agent_id)
         case TokenIssued() | TokenRevoked():
-            return f"qg.evt.token.{event.token_id}"
+            return token_subject(event.token_id)
         case _:
             return job_subject(event.job_id)
 
@@ -273,6 +323,10 @@ def job_subject(job_id: str) -> str:
 
 def batch_subject(batch_id: str) -> str:
     return f"qg.evt.batch.{batch_id}"
+
+
+def token_subject(token_id: str) -> str:
+    return f"qg.evt.token.{token_id}"
 
 
 def agent_subject(agent_id: str) -> str:

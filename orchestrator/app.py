@@ -12,8 +12,9 @@ from aiohttp import web
 from infra import connections, embedded
 from infra import nats as qnats
 from infra.eventlog import EventLog
-from orchestrator import http
+from orchestrator import auth, http
 from orchestrator.claims import claim_server
+from orchestrator.ratelimit import RateLimiter
 from orchestrator.service import JobService
 from orchestrator.sweeper import LostAgentSweeper
 
@@ -35,7 +36,12 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         claims = claim_server(nc, service)
         await claims.start()
         stack.push_async_callback(claims.stop)
-        runner = web.AppRunner(http.create_app(service, pool, nc), access_log=None)
+        tokens = auth.TokenRegistry(conns.js)
+        await tokens.start()
+        stack.push_async_callback(tokens.stop)
+        limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        app = http.create_app(service, pool, nc, tokens, limiter)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, settings.api_host, settings.api_port)

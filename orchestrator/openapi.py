@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from infra import api
+from infra.events import Role
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +43,8 @@ class Route:
     """A Struct whose fields are the query parameters."""
     media_type: str = JSON
     """Of the answers in `responses`; errors are always JSON."""
+    access: Role | None = Role.READ
+    """The least token role that may call it; None: no token needed."""
 
 
 def document(routes: Sequence[Route]) -> dict[str, Any]:
@@ -64,7 +67,11 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
             "description": "Submit AppWright test jobs, follow them, and watch the queues.",
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
     }
 
 
@@ -101,7 +108,10 @@ def _operation(
         content = {JSON: {"schema": _schema(route.body, schema_of)}}
         operation["requestBody"] = {"required": True, "content": content}
     answers = [(status, body, route.media_type) for status, body in route.responses.items()]
-    answers += [(status, api.ErrorBody, JSON) for status in route.errors]
+    errors = route.errors if route.access is None else (*route.errors, 401, 403, 429)
+    answers += [(status, api.ErrorBody, JSON) for status in sorted(set(errors))]
+    if route.access is None:
+        operation["security"] = []
     operation["responses"] = {
         str(status): {
             "description": HTTPStatus(status).phrase,

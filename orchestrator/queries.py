@@ -133,43 +133,61 @@ def _batch_view(row: Any) -> api.BatchView:
 
 
 async def list_batches(
-    conn: db.Connection, limit: int, open_only: bool = False
+    conn: db.Connection, limit: int, open_only: bool = False, org_id: str | None = None
 ) -> list[api.BatchView]:
+    """The most recently active batches (of one org, when given)."""
     having = (
         "HAVING count(*) FILTER (WHERE j.status IN ('queued', 'assigned', 'running')) > 0"
         if open_only
         else ""
     )
     rows = await conn.fetch(
-        f"{_BATCH_SELECT} GROUP BY b.batch_id {having} ORDER BY b.last_job_at DESC LIMIT $1",
+        f"{_BATCH_SELECT} WHERE ($2::text IS NULL OR b.org_id = $2)"
+        f" GROUP BY b.batch_id {having} ORDER BY b.last_job_at DESC LIMIT $1",
         limit,
+        org_id,
     )
     return [_batch_view(r) for r in rows]
 
 
-async def pending_bands(conn: db.Connection) -> list[api.QueueBand]:
+async def pending_bands(conn: db.Connection, org_id: str | None = None) -> list[api.QueueBand]:
     """Queued jobs per target and priority, with the oldest submission of each."""
     rows = await conn.fetch(
         "SELECT target, priority, count(*) AS pending, min(submitted_at) AS oldest_submitted_at"
-        " FROM jobs WHERE status = 'queued' GROUP BY target, priority"
-        " ORDER BY target, priority DESC"
+        " FROM jobs WHERE status = 'queued' AND ($1::text IS NULL OR org_id = $1)"
+        " GROUP BY target, priority ORDER BY target, priority DESC",
+        org_id,
     )
     return [msgspec.convert(dict(r), api.QueueBand) for r in rows]
 
 
-async def queue(conn: db.Connection) -> api.QueueView:
+async def queue(conn: db.Connection, org_id: str | None = None) -> api.QueueView:
+    """What waits and what runs (of one org, when given)."""
     running = await conn.fetchval(
         "SELECT count(*) FROM jobs WHERE status IN ('assigned', 'running')"
+        " AND ($1::text IS NULL OR org_id = $1)",
+        org_id,
     )
     return api.QueueView(
-        bands=await pending_bands(conn),
-        open_batches=await list_batches(conn, limit=100, open_only=True),
+        bands=await pending_bands(conn, org_id),
+        open_batches=await list_batches(conn, limit=100, open_only=True, org_id=org_id),
         running=running,
     )
 
 
-async def list_agents(conn: db.Connection) -> api.AgentPage:
-    rows = await conn.fetch("SELECT * FROM agents ORDER BY agent_id")
+_AGENTS = """
+SELECT a.agent_id, a.targets, a.runner, a.hostname, a.status, a.registered_at,
+       a.last_event_at, a.jobs_run, a.installs,
+       CASE WHEN $1::text IS NULL OR b.org_id = $1 THEN a.batch_id END AS batch_id
+FROM agents a LEFT JOIN batches b ON b.batch_id = a.batch_id
+ORDER BY a.agent_id
+"""
+
+
+async def list_agents(conn: db.Connection, org_id: str | None = None) -> api.AgentPage:
+    """The fleet; for one org's eyes, the batch an agent works on shows only if it is
+    that org's."""
+    rows = await conn.fetch(_AGENTS, org_id)
     return api.AgentPage(agents=[msgspec.convert(dict(r), api.AgentView) for r in rows])
 
 

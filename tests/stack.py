@@ -14,8 +14,10 @@ import msgspec
 from agent import app as agent_app
 from agent.runners.simulated import SimulatedConfig
 from agent.worker import AgentConfig
-from infra import api, embedded, settings
+from infra import api, embedded, settings, tokens
 from infra import events as ev
+from infra import nats as qnats
+from infra.eventlog import EventLog
 from infra.events import TERMINAL_STATUSES
 from orchestrator import app as orchestrator_app
 from projections import app as projections_app
@@ -102,6 +104,16 @@ class Stack:
                 await asyncio.sleep(0.05)
 
 
+async def admin_token(servers: embedded.Servers) -> str:
+    """A new admin token for the stack on `servers` (streams declared first)."""
+    nc = await qnats.connect(servers.nats_url, name="qgjob-test")
+    try:
+        await qnats.declare_streams(nc.jetstream())
+        return await tokens.new_admin(EventLog(nc), "tests")
+    finally:
+        await qnats.close(nc)
+
+
 def _raise_if_died(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         if task.done():
@@ -139,7 +151,8 @@ async def running_stack(
         asyncio.create_task(orchestrator_app.run(config, servers, stop)),
         asyncio.create_task(projections_app.run(config, servers, stop)),
     ]
-    async with aiohttp.ClientSession() as session:
+    token = await admin_token(servers)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         stack = Stack(f"http://127.0.0.1:{port}", session)
         async with asyncio.timeout(30):
             await stack.wait_healthy(partial(_raise_if_died, tasks))

@@ -33,13 +33,14 @@ class Up:
 
     def qgjob(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         """Run `qgjob ARGS` to completion, capturing its output."""
+        return self.run_as(self.env, *args, timeout_s=timeout_s)
+
+    def run_as(
+        self, env: dict[str, str], *args: str, timeout_s: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `qgjob ARGS` with another environment (another token, say)."""
         return subprocess.run(
-            [*QGJOB, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
+            [*QGJOB, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False
         )
 
     def stop(self) -> int:

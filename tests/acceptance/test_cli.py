@@ -171,3 +171,22 @@ def test_cancel_every_job_of_an_app_build_in_one_command(up: Up) -> None:
     assert up.qgjob("wait", *ids).returncode == 2, "cancelled jobs give no verdict"
     both = up.qgjob("jobs", "cancel", ids[0], "--batch-id=b")
     assert (both.returncode, both.stderr.count("\n")) == (2, 1)
+
+
+def test_an_org_token_from_ops_tokens_create_works_until_it_is_revoked(up: Up) -> None:
+    created = up.qgjob("ops", "tokens", "create", "--org-id=qualgent", "--name=ci", "--json")
+    assert created.returncode == 0, created.stderr
+    issued = json.loads(created.stdout)
+    as_org = {**up.env, "QG_TOKEN": issued["token"]}
+    submitted = up.run_as(as_org, *SUBMIT)
+    assert submitted.returncode == 0, submitted.stderr
+    other = up.run_as(as_org, "submit", "--org-id=initech", *SUBMIT[2:])
+    assert (other.returncode, other.stderr.count("\n")) == (2, 1)
+    assert "qualgent only" in other.stderr
+    revoked = up.qgjob("ops", "tokens", "revoke", issued["details"]["token_id"])
+    assert revoked.returncode == 0, revoked.stderr
+    refused = up.run_as(as_org, "status", submitted.stdout.strip())
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2,
+        "qgjob: error: the token has been revoked",
+    )

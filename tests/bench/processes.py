@@ -23,7 +23,7 @@ from infra import events as ev
 from infra import nats as qnats
 from projections import app as projections_app
 from tests.bench.measure import BenchError, progress
-from tests.stack import Stack
+from tests.stack import Stack, admin_token
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -105,6 +105,7 @@ def component_env(servers: embedded.Servers, port: int) -> dict[str, str]:
         QG_DATABASE_URL=servers.database_url,
         QG_API_PORT=str(port),
         QG_LOG_FORMAT="json",
+        QG_RATE_LIMIT_RPS="0",  # one client measuring throughput is not abuse
     )
     return env
 
@@ -182,7 +183,9 @@ async def running(
     try:
         for command in (SERVE, PROJECT):
             components.append(await spawn(command, env, log_dir / f"{label}-{command.name}.log"))
-        async with aiohttp.ClientSession() as session:
+        token = await admin_token(servers)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
             stack = Stack(f"http://127.0.0.1:{port}", session)
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await wait_for_api(stack, components)

@@ -9,11 +9,26 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from infra import db
+from infra import events as ev
+from infra import nats as qnats
 from tests.stack import running_stack, simulated_agents
 
 if TYPE_CHECKING:
     from infra import embedded
     from tests.stack import Stack
+
+
+async def submit_seq(servers: embedded.Servers, job_id: str) -> int:
+    """The stream sequence of a job's `JobSubmitted` event."""
+    nc = await qnats.connect(servers.nats_url, name="qgjob-test")
+    try:
+        msg = await nc.jetstream().get_msg(
+            ev.EVENTS_STREAM, subject=ev.job_subject(job_id), seq=1, next=True
+        )
+        assert msg.seq is not None
+        return msg.seq
+    finally:
+        await qnats.close(nc)
 
 
 def by_model(report: dict[str, Any], key: str) -> dict[str, Any]:
@@ -105,13 +120,12 @@ async def test_replay_until_a_sequence_keeps_that_moment_in_its_own_schema(
     qg_servers: embedded.Servers,
 ) -> None:
     async with running_stack(qg_servers, []) as stack:
-        for i in range(5):
-            await stack.submit(app_version_id="v1", test_path=f"t{i}.js")
+        jobs = [await stack.submit(app_version_id="v1", test_path=f"t{i}.js") for i in range(5)]
         await stack.settled()
-        # Submissions are the stream's first events: sequence 3 is the third job.
-        status, report = await stack.request("POST", "/ops/replay", {"until": 3})
+        third = await submit_seq(qg_servers, jobs[2].job_id)
+        status, report = await stack.request("POST", "/ops/replay", {"until": third})
         assert status == 200, report
-        assert report["schema"] == "qg_rebuild_3"
+        assert report["schema"] == f"qg_rebuild_{third}"
         _, page = await stack.request("GET", "/jobs")
     assert by_model(report, "rows")["jobs"] == 3
     assert len(page["jobs"]) == 5, "the live read models are left alone"
