@@ -68,11 +68,23 @@ class JobState(msgspec.Struct, kw_only=True):
 
 
 _ACTIVE = frozenset({JobStatus.ASSIGNED, JobStatus.RUNNING})
+_RUNNING = frozenset({JobStatus.RUNNING})
 
 
 def _require(state: JobState, allowed: frozenset[JobStatus], event: ev.Event) -> None:
     if state.status not in allowed:
         raise IllegalTransition(state.job_id, state.status, ev.tag_of(event))
+
+
+def _require_holder(
+    state: JobState, allowed: frozenset[JobStatus], event: ev.JobEvent, agent_id: str
+) -> None:
+    """Only the agent the job is assigned to may start it, give it back or end its run."""
+    _require(state, allowed, event)
+    if agent_id != state.agent_id:
+        raise IllegalTransition(
+            state.job_id, f"{state.status} on {state.agent_id}", f"{ev.tag_of(event)} by {agent_id}"
+        )
 
 
 def start(event: ev.JobSubmitted, seq: int = 0) -> JobState:
@@ -106,22 +118,22 @@ def evolve(state: JobState, event: ev.JobEvent, seq: int = 0) -> JobState:
             s.started_at = s.finished_at = s.duration_s = None
             s.reason = None
         case ev.JobReleased():
-            _require(state, frozenset({JobStatus.ASSIGNED}), event)
+            _require_holder(state, frozenset({JobStatus.ASSIGNED}), event, event.agent_id)
             s.status, s.agent_id, s.assigned_at = JobStatus.QUEUED, None, None
         case ev.JobStarted():
-            _require(state, frozenset({JobStatus.ASSIGNED}), event)
+            _require_holder(state, frozenset({JobStatus.ASSIGNED}), event, event.agent_id)
             s.status, s.started_at = JobStatus.RUNNING, event.at
         case ev.JobPassed():
-            _require(state, _ACTIVE, event)
+            _require_holder(state, _RUNNING, event, event.agent_id)
             s.status, s.finished_at, s.duration_s = JobStatus.PASSED, event.at, event.duration_s
             s.log_ref = event.log_ref
         case ev.JobFailed():
-            _require(state, _ACTIVE, event)
+            _require_holder(state, _RUNNING, event, event.agent_id)
             s.status, s.finished_at, s.duration_s = JobStatus.FAILED, event.at, event.duration_s
             s.reason, s.log_ref = event.reason, event.log_ref
             s.test_failures += 1
         case ev.JobErrored():
-            _require(state, _ACTIVE, event)
+            _require_holder(state, _ACTIVE, event, event.agent_id)
             s.status, s.finished_at, s.reason = JobStatus.ERRORED, event.at, event.reason
             s.log_ref = event.log_ref
         case ev.JobRetried():
@@ -211,7 +223,8 @@ def after_infra_error(
     """What follows a `JobErrored` already folded into `state`: another attempt after
     the backoff while attempts remain, else `JobDead` with the last reason."""
     reason = state.reason or "infrastructure error"
-    if state.attempt >= max_attempts:
+    # Runs that ended in a test failure (flaky-test retries) are not infrastructure's.
+    if state.attempt - state.test_failures >= max_attempts:
         return ev.JobDead(at=now, job_id=state.job_id, reason=f"{reason} (attempt limit)")
     delay = backoff.delay_s(state.job_id, state.attempt)
     return ev.JobRetried(

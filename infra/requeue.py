@@ -35,9 +35,25 @@ async def error_job(
     )
     try:
         appended = await events.append(errored, expected_seq=job.version)
-        state = lifecycle.evolve(job, errored, appended.seq)
-        follow_up = lifecycle.after_infra_error(state, max_attempts, ev.utcnow(), backoff)
-        await events.append(follow_up, expected_seq=state.version)
+    except ConcurrencyConflict:
+        return False
+    return await follow_up(
+        events, lifecycle.evolve(job, errored, appended.seq), max_attempts, backoff
+    )
+
+
+async def follow_up(
+    events: EventLog,
+    errored: lifecycle.JobState,
+    max_attempts: int,
+    backoff: lifecycle.Backoff = lifecycle.NO_BACKOFF,
+) -> bool:
+    """Append what follows an errored job (another attempt, or dead), guarded by its
+    version; False when someone else did first. The orchestrator's sweep calls this too,
+    for a job whose writer died between the two appends."""
+    event = lifecycle.after_infra_error(errored, max_attempts, ev.utcnow(), backoff)
+    try:
+        await events.append(event, expected_seq=errored.version)
     except ConcurrencyConflict:
         return False
     return True

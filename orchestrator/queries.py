@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from infra import api, db, lifecycle
 from infra import events as ev
 from orchestrator import history
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 JOBS_PROJECTION = "jobs"
 _JOB_FILTERS = ("org_id", "app_version_id", "status", "target", "batch_id")
@@ -247,3 +250,17 @@ async def active_jobs(conn: db.Connection) -> list[lifecycle.JobState]:
     """Jobs an agent holds: assigned or running."""
     rows = await conn.fetch("SELECT * FROM jobs WHERE status IN ('assigned', 'running')")
     return [lifecycle.from_row(r) for r in rows]
+
+
+async def errored_jobs(conn: db.Connection, before: datetime) -> list[lifecycle.JobState]:
+    """Jobs left `errored` since before `before`: nobody decided what follows."""
+    rows = await conn.fetch(
+        "SELECT * FROM jobs WHERE status = 'errored' AND finished_at < $1", before
+    )
+    return [lifecycle.from_row(r) for r in rows]
+
+
+async def registrations(conn: db.Connection) -> dict[str, int]:
+    """Each agent's latest registration, as a stream sequence."""
+    rows = await conn.fetch("SELECT agent_id, registered_seq FROM agents")
+    return {row["agent_id"]: row["registered_seq"] for row in rows}

@@ -1,10 +1,13 @@
-"""The lost-agent sweep: jobs held by an agent whose heartbeat expired are requeued."""
+"""The sweep that finds stranded jobs and requeues them: jobs held by an agent whose
+heartbeat expired, jobs an agent held before it restarted under the same id, and jobs
+whose writer died between recording an infrastructure error and deciding what follows."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import defaultdict
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
@@ -63,8 +66,11 @@ class LostAgentSweeper:
 
     async def sweep(self) -> int:
         """One pass; returns how many jobs it requeued."""
+        stale_before = ev.utcnow() - timedelta(seconds=self._interval_s)
         async with self._pool.acquire() as conn:
             active = await queries.active_jobs(conn)
+            registered = await queries.registrations(conn)
+            errored = await queries.errored_jobs(conn, stale_before)
         held: dict[str, list[lifecycle.JobState]] = defaultdict(list)
         for job in active:
             if job.agent_id is not None:
@@ -72,19 +78,33 @@ class LostAgentSweeper:
         requeued = 0
         for agent_id, jobs in held.items():
             if await self._alive(agent_id):
+                # Held from before the agent's latest start: that process is gone.
+                orphans = [j for j in jobs if j.version < registered.get(agent_id, 0)]
+                requeued += await self._requeue(agent_id, orphans, "agent restarted")
                 continue
             await self._events.append(
                 ev.AgentLost(at=ev.utcnow(), agent_id=ev.AgentId(agent_id)),
                 msg_id=f"lost:{agent_id}:{max(j.version for j in jobs)}",
             )
             log.warning("agent_lost", agent_id=agent_id, jobs=len(jobs))
-            for job in jobs:
-                requeued += await requeue.error_job(
-                    self._events,
-                    job,
-                    ev.AgentId(agent_id),
-                    "agent lost",
-                    self._max_attempts,
-                    backoff=self._backoff,
-                )
+            requeued += await self._requeue(agent_id, jobs, "agent lost")
+        for job in errored:
+            # Its writer recorded the error but died before deciding what follows.
+            requeued += await requeue.follow_up(
+                self._events, job, self._max_attempts, self._backoff
+            )
+        return requeued
+
+    async def _requeue(self, agent_id: str, jobs: list[lifecycle.JobState], reason: str) -> int:
+        requeued = 0
+        for job in jobs:
+            log.warning("job_requeued", job_id=job.job_id, agent_id=agent_id, reason=reason)
+            requeued += await requeue.error_job(
+                self._events,
+                job,
+                ev.AgentId(agent_id),
+                reason,
+                self._max_attempts,
+                backoff=self._backoff,
+            )
         return requeued

@@ -25,6 +25,8 @@ class AgentRow(msgspec.Struct, kw_only=True):
     batch_id: str | None = None
     jobs_run: int = 0
     installs: int = 0
+    registered_seq: int = 0
+    """Stream sequence of the latest `AgentRegistered`: the current incarnation's start."""
 
 
 _UPSERT = db.upsert_sql("agents", AgentRow.__struct_fields__)
@@ -72,21 +74,22 @@ class AgentsProjection:
     filter_subject = ev.EVENT_SUBJECTS
 
     async def apply(self, conn: db.Connection, events: Batch) -> None:
-        relevant = [(e, a) for _, e in events if (a := _agent_of(e)) is not None]
+        relevant = [(s, e, a) for s, e in events if (a := _agent_of(e)) is not None]
         if not relevant:
             return
         rows: dict[str, AgentRow] = {}
         records: list[Any] = await conn.fetch(
-            "SELECT * FROM agents WHERE agent_id = ANY($1)", {a for _, a in relevant}
+            "SELECT * FROM agents WHERE agent_id = ANY($1)", {a for _, _, a in relevant}
         )
         for record in records:
             rows[record["agent_id"]] = msgspec.convert(dict(record), AgentRow)
-        for event, agent_id in relevant:
+        for seq, event, agent_id in relevant:
             if isinstance(event, ev.AgentRegistered) and agent_id in rows:
                 row = rows[agent_id]  # a restart keeps its tallies
                 row.targets = [t.value for t in event.targets]
                 row.runner, row.hostname, row.status = event.runner, event.hostname, "idle"
                 row.batch_id, row.last_event_at = None, event.at
+                row.registered_seq = seq
             elif isinstance(event, ev.AgentRegistered):
                 rows[agent_id] = AgentRow(
                     agent_id=agent_id,
@@ -96,6 +99,7 @@ class AgentsProjection:
                     status="idle",
                     registered_at=event.at,
                     last_event_at=event.at,
+                    registered_seq=seq,
                 )
             elif agent_id in rows:
                 _evolve(rows[agent_id], event)

@@ -98,3 +98,29 @@ def test_events_before_submission_are_rejected() -> None:
 
 def test_no_events_fold_to_nothing() -> None:
     assert lifecycle.fold([]) is None
+
+
+def test_flaky_test_retries_do_not_use_up_infrastructure_attempts() -> None:
+    state = lifecycle.fold([(1, submitted(retries=2)), (2, assigned()), (3, started())])
+    assert state is not None
+    for attempt in (1, 2):  # the test fails twice and is retried twice
+        retry = lifecycle.on_test_failure(state, ev.AgentId("a1"), "flaky", 1.0, T0)
+        state = lifecycle.evolve(state, retry)
+        state = lifecycle.evolve(state, assigned(attempt=attempt + 1))
+        state = lifecycle.evolve(state, started(attempt=attempt + 1))
+    state = lifecycle.evolve(state, errored(attempt=3))
+    follow = lifecycle.after_infra_error(state, max_attempts=2, now=T0)
+    assert isinstance(follow, ev.JobRetried), "its first infrastructure error, not its third"
+
+
+def test_only_the_holder_may_start_or_judge_a_job_and_only_once_it_runs() -> None:
+    state = lifecycle.fold([(1, submitted()), (2, assigned(agent="a1"))])
+    assert state is not None
+    with pytest.raises(lifecycle.IllegalTransition):
+        lifecycle.evolve(state, started(agent="a2"))
+    with pytest.raises(lifecycle.IllegalTransition):
+        lifecycle.evolve(state, passed(agent="a1"))  # a verdict needs a started test
+    running = lifecycle.evolve(state, started(agent="a1"))
+    with pytest.raises(lifecycle.IllegalTransition):
+        lifecycle.evolve(running, passed(agent="a2"))
+    assert lifecycle.evolve(running, passed(agent="a1")).status is JobStatus.PASSED
