@@ -62,6 +62,10 @@ class Metrics:
         )
         self._agents = self._gauge("qgjob_agents", "Agents by status.", "status")
         self._retries = self._gauge("qgjob_job_retries", "Attempts beyond the first, all jobs.")
+        self._rejected = self._gauge(
+            "qgjob_events_rejected",
+            "Messages on the event stream that were not events (parked in rejected_events).",
+        )
         self._projector_lag = self._gauge(
             "qgjob_projector_lag",
             "Events stored but not yet applied by the slowest read-model projector.",
@@ -94,6 +98,7 @@ class Metrics:
         _replace(self._agents, {(status,): count for status, count in stats.agents.items()})
         self._open_batches.set(stats.open_batches)
         self._retries.set(stats.retries)
+        self._rejected.set(stats.rejected_events)
         self._projector_lag.set(projector_lag)
         return generate_latest(self.registry)
 

@@ -212,6 +212,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     agents: dict[str, int]
     retries: int
     """Attempts beyond the first, over all jobs."""
+    rejected_events: int
+    """Messages on the event stream that were not events, parked by the projectors."""
 
 
 # Per batch, the jobs that started beyond the installs done for it ran on a device that
@@ -243,6 +245,7 @@ async def stats(conn: db.Connection) -> Stats:
             installs=[msgspec.convert(dict(r), Installs) for r in await conn.fetch(_INSTALLS)],
             agents={r["status"]: r["n"] for r in agents},
             retries=await conn.fetchval("SELECT coalesce(sum(attempt - 1), 0) FROM jobs"),
+            rejected_events=await conn.fetchval("SELECT count(*) FROM rejected_events"),
         )
 
 

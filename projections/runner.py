@@ -45,12 +45,30 @@ class Projection(Protocol):
         transaction."""
 
 
+class Rejected(msgspec.Struct, frozen=True):
+    """A message on the event stream that is not an event: parked, never applied."""
+
+    stream_seq: int
+    subject: str
+    error: str
+    data: bytes
+
+
+_PARK = (
+    "INSERT INTO rejected_events (stream_seq, subject, error, data) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (stream_seq) DO NOTHING"
+)
+
+
 def decode_batch(
-    msgs: Sequence[Msg], after: int, until: int | None = None
+    msgs: Sequence[Msg],
+    after: int,
+    until: int | None = None,
+    rejected: list[Rejected] | None = None,
 ) -> tuple[list[tuple[int, ev.Event]], int]:
     """Decode messages above sequence `after` (and not above `until`); returns the events
-    and the sequence they take the projection to. A malformed message is logged and
-    skipped so that it never stops a projector."""
+    and the sequence they take the projection to. A malformed message is logged, added
+    to `rejected` and skipped, so that it never stops a projector."""
     events: list[tuple[int, ev.Event]] = []
     last = after
     for msg in msgs:
@@ -65,6 +83,8 @@ def decode_batch(
             events.append((seq, ev.decode(msg.data)))
         except msgspec.DecodeError as exc:
             log.warning("event_rejected", stream_seq=seq, subject=msg.subject, error=str(exc))
+            if rejected is not None:
+                rejected.append(Rejected(seq, msg.subject, str(exc), msg.data))
     return events, last
 
 
@@ -116,9 +136,11 @@ class ProjectionRunner:
             current = await conn.fetchval(
                 "SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE", name
             )
-            events, last = decode_batch(msgs, current or 0, self._until)
+            rejected: list[Rejected] = []
+            events, last = decode_batch(msgs, current or 0, self._until, rejected)
             if last > (current or 0):
                 await self._projection.apply(conn, events)
+                await conn.executemany(_PARK, [msgspec.structs.astuple(r) for r in rejected])
                 await conn.execute(
                     "INSERT INTO checkpoints VALUES ($1, $2) ON CONFLICT (projection)"
                     " DO UPDATE SET last_seq = EXCLUDED.last_seq",

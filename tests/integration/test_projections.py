@@ -91,3 +91,31 @@ async def test_a_killed_projector_resumes_to_the_same_tables(
             await pool.close()
     await live.close()
     await nc.close()
+
+
+async def test_a_message_that_is_not_an_event_is_parked_and_the_projectors_go_on(
+    qg_servers: embedded.Servers,
+) -> None:
+    async with running_stack(qg_servers, []) as stack:
+        before = await stack.submit(app_version_id="v1", test_path="before.js")
+        nc = await qnats.connect(qg_servers.nats_url, name="qgjob-test")
+        try:
+            ack = await nc.jetstream().publish(
+                f"qg.evt.job.{before.job_id}", b'{"type": "nonsense"'
+            )
+        finally:
+            await qnats.close(nc)
+        after = await stack.submit(app_version_id="v1", test_path="after.js")
+        await stack.settled()
+        _, page = await stack.request("GET", "/jobs")
+        async with stack.session.get(stack.api_url + "/metrics") as response:
+            metrics = await response.text()
+    pool = await db.create_pool(qg_servers.database_url)
+    try:
+        async with pool.acquire() as conn:
+            parked = await conn.fetch("SELECT stream_seq, subject FROM rejected_events")
+    finally:
+        await pool.close()
+    assert {job["job_id"] for job in page["jobs"]} == {before.job_id, after.job_id}
+    assert [tuple(row) for row in parked] == [(ack.seq, f"qg.evt.job.{before.job_id}")]
+    assert "qgjob_events_rejected 1.0" in metrics
