@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
 
 from infra import nats as qnats
-from tests.stack import JOB, Stack
+from tests.stack import JOB, Stack, running_stack
 
 if TYPE_CHECKING:
     from infra import embedded
@@ -86,6 +87,23 @@ async def test_a_retried_submit_with_the_same_key_returns_the_same_job(stack: St
     await stack.settled()
     _, page = await stack.request("GET", "/jobs?limit=10")
     assert len(page["jobs"]) == 2
+
+
+async def test_a_key_names_its_job_across_a_restart_and_beyond_the_duplicate_window(
+    qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qnats, "DUPLICATE_WINDOW_S", 0.5)
+    job = {**JOB, "idempotency_key": "ci-run-8"}
+    async with running_stack(qg_servers, []) as stack:
+        first_status, first = await stack.request("POST", "/jobs", job)
+    await asyncio.sleep(1.0)  # past the window: JetStream's dedup has forgotten the id
+    async with running_stack(qg_servers, []) as stack:  # and the orchestrator restarted
+        again_status, again = await stack.request("POST", "/jobs", job)
+        await stack.settled()
+        _, page = await stack.request("GET", "/jobs")
+    assert (first_status, again_status) == (201, 200)
+    assert again["job_id"] == first["job_id"]
+    assert len(page["jobs"]) == 1
 
 
 async def test_bulk_submit_keeps_request_order_and_groups_by_build(stack: Stack) -> None:
