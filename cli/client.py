@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -38,12 +40,33 @@ class ApiUnreachable(CliError):
 class ApiError(CliError):
     """The API answered with an error status and an `ErrorBody`."""
 
-    def __init__(self, status: int, error: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         message = error if field is None or field in error else f"{field}: {error}"
         super().__init__(message)
         self.status = status
         self.error = error
         self.field = field
+        self.retry_after_s = retry_after_s
+        """From a 429 or 503 answer's `Retry-After`."""
+
+
+RETRIES = 4
+"""Extra tries of a request that met a transient failure, when repeating it is safe."""
+_TRANSIENT = frozenset({429, 502, 503, 504})
+
+
+def _transient_delay(exc: CliError, attempt: int) -> float | None:
+    """How long to wait before trying again after `exc`; None when it is not transient."""
+    if isinstance(exc, ApiError):
+        if exc.status not in _TRANSIENT:
+            return None
+        if exc.retry_after_s is not None:
+            return exc.retry_after_s
+    elif not isinstance(exc, ApiUnreachable):
+        return None
+    return float(min(5.0, 0.5 * 2**attempt))
 
 
 class ApiClient:
@@ -76,8 +99,10 @@ class ApiClient:
             self._session = None
 
     async def submit(self, spec: api.JobSpec) -> api.JobView:
-        """Submit one job (201 when new, 200 for a known idempotency key)."""
-        return await self._request("POST", "/jobs", api.JobView, body=spec)
+        """Submit one job (201 when new, 200 for a known idempotency key); retried after
+        a transient failure only when it has an idempotency key."""
+        keyed = spec.idempotency_key is not None
+        return await self._request("POST", "/jobs", api.JobView, body=spec, retry=keyed)
 
     async def submit_many(self, specs: list[api.JobSpec]) -> list[api.JobView]:
         """Submit several jobs, in as many requests as the server's size limit needs."""
@@ -85,7 +110,11 @@ class ApiClient:
         for start in range(0, len(specs), api.MAX_JOBS_PER_REQUEST):
             chunk = specs[start : start + api.MAX_JOBS_PER_REQUEST]
             body = api.BulkSubmit(jobs=chunk)
-            views += (await self._request("POST", "/jobs", api.SubmitResponse, body=body)).jobs
+            keyed = all(spec.idempotency_key is not None for spec in chunk)
+            answer = await self._request(
+                "POST", "/jobs", api.SubmitResponse, body=body, retry=keyed
+            )
+            views += answer.jobs
         return views
 
     async def job(self, job_id: str) -> api.JobView:
@@ -181,11 +210,23 @@ class ApiClient:
         params: dict[str, str] | None = None,
         accept: frozenset[int] = frozenset(),
         unbounded: bool = False,
+        retry: bool | None = None,
     ) -> T:
-        async with self._open(
-            method, path, body=body, params=params, accept=accept, unbounded=unbounded
-        ) as response:
-            data = await response.read()
+        """One API call; `retry` (default: for GET only) tries again after a transient
+        failure (unreachable, 429, 502-504), honouring `Retry-After`."""
+        retries = RETRIES if (method == "GET" if retry is None else retry) else 0
+        for attempt in itertools.count():
+            try:
+                async with self._open(
+                    method, path, body=body, params=params, accept=accept, unbounded=unbounded
+                ) as response:
+                    data = await response.read()
+                break
+            except CliError as exc:
+                delay = _transient_delay(exc, attempt)
+                if delay is None or attempt >= retries:
+                    raise
+                await asyncio.sleep(delay)
         try:
             return msgspec.json.decode(data, type=answer)
         except msgspec.DecodeError as exc:
@@ -216,7 +257,13 @@ class ApiClient:
             async with self._session.request(method, url, **kwargs) as response:
                 if not (200 <= response.status < 300 or response.status in accept):
                     data = await response.read()
-                    raise _error_of(response.status, data, f"{method} {path}")
+                    retry_after = response.headers.get("Retry-After", "")
+                    raise _error_of(
+                        response.status,
+                        data,
+                        f"{method} {path}",
+                        float(retry_after) if retry_after.isdigit() else None,
+                    )
                 yield response
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise ApiUnreachable(self.base_url) from exc
@@ -236,10 +283,10 @@ def _attempt(attempt: int | None) -> dict[str, str]:
     return {} if attempt is None else {"attempt": str(attempt)}
 
 
-def _error_of(status: int, data: bytes, request: str) -> ApiError:
+def _error_of(status: int, data: bytes, request: str, retry_after_s: float | None) -> ApiError:
     """The server's `ErrorBody`, or a generic message when a proxy answered instead."""
     try:
         body = msgspec.json.decode(data, type=api.ErrorBody)
     except msgspec.DecodeError:
-        return ApiError(status, f"{request} answered HTTP {status}")
-    return ApiError(status, body.error, body.field)
+        return ApiError(status, f"{request} answered HTTP {status}", None, retry_after_s)
+    return ApiError(status, body.error, body.field, retry_after_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -223,10 +224,13 @@ def submit(
     run(api_url, token, work)
 
 
-def _idempotency_keys(key: str | None, count: int) -> list[str | None]:
-    """The key itself for one test; `KEY:0`, `KEY:1`, ... for several."""
-    if key is None or count == 1:
-        return [key] * count
+def _idempotency_keys(key: str | None, count: int) -> list[str]:
+    """The key itself for one test; `KEY:0`, `KEY:1`, ... for several. Without a key, one
+    made up for this run, so that the client may safely retry a submit that met a
+    transient failure without ever making a job twice."""
+    key = key or f"cli-{uuid.uuid4().hex}"
+    if count == 1:
+        return [key]
     return [f"{key}:{index}" for index in range(count)]
 
 
