@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import structlog
 
@@ -28,3 +28,26 @@ def configure(fmt: str = "auto", level: int = logging.INFO, stream: TextIO | Non
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+class JobFacts(Protocol):
+    """A job as a log line needs it (a JobState, a JobView, a claimed job)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def batch_id(self) -> str: ...
+    @property
+    def org_id(self) -> str: ...
+    @property
+    def agent_id(self) -> str | None: ...
+
+
+def job_keys(job: JobFacts) -> dict[str, str | None]:
+    """The stable keys every log line about a job carries (`stream_seq` is the caller's)."""
+    return {
+        "job_id": job.job_id,
+        "batch_id": job.batch_id,
+        "org_id": job.org_id,
+        "agent_id": job.agent_id,
+    }

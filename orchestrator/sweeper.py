@@ -15,6 +15,7 @@ from nats.js.errors import KeyNotFoundError
 
 from infra import events as ev
 from infra import lifecycle, requeue
+from infra import logging as qlogging
 from orchestrator import queries
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ class LostAgentSweeper:
     async def _requeue(self, agent_id: str, jobs: list[lifecycle.JobState], reason: str) -> int:
         requeued = 0
         for job in jobs:
-            log.warning("job_requeued", job_id=job.job_id, agent_id=agent_id, reason=reason)
+            log.warning(
+                "job_requeued", **qlogging.job_keys(job), stream_seq=job.version, reason=reason
+            )
             requeued += await requeue.error_job(
                 self._events,
                 job,
