@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
+import nats.errors
 import typer
 from rich.console import Console, RenderableType
 
 from cli import render, reports, waiting, watch
 from cli.client import ApiClient, CliError
 from infra import api, settings, tokens
+from infra import nats as qnats
+from infra.eventlog import EventLog
 from infra.events import JobStatus, Role, Target
 
 E = TypeVar("E", bound=enum.StrEnum)
@@ -538,6 +541,30 @@ def tokens_create(
         return 0
 
     run(api_url, token, work)
+
+
+@tokens_app.command("bootstrap")
+def tokens_bootstrap(
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "bootstrap admin",
+) -> None:
+    """Create a deployment's first admin token straight on the event log, without the
+    API (needs QG_NATS_URL: whoever reaches NATS runs the system anyway)."""
+    config = settings.from_env()
+    if config.nats_url is None:
+        fail("set QG_NATS_URL to the deployment's NATS (qgjob up keeps its own admin token)")
+
+    async def record(url: str) -> str:
+        nc = await qnats.connect(url, name="qgjob-bootstrap")
+        try:
+            await qnats.declare_streams(nc.jetstream())
+            return await tokens.new_admin(EventLog(nc), name)
+        finally:
+            await qnats.close(nc)
+
+    try:
+        typer.echo(asyncio.run(record(config.nats_url)))
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        fail(f"cannot record the token on NATS at {config.nats_url}: {exc}")
 
 
 @tokens_app.command("list")
