@@ -212,8 +212,8 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 class OpsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The body of `POST /ops/replay` and `POST /ops/verify` (may be empty)."""
 
-    projection: Name | None = None
-    """One read model (`jobs`, `batches`, `agents`); default all."""
+    projection: Literal["jobs", "batches", "agents"] | None = None
+    """One read model; default all."""
     until: Annotated[int, Meta(ge=0)] | None = None
     """Replay only: rebuild as of this stream sequence into a kept schema, no swap."""
 

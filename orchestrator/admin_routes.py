@@ -121,6 +121,8 @@ async def delete_token(request: web.Request) -> web.Response:
     found = {t.token_id: (t, r) for t, r in request.app[TOKENS].listed()}.get(token_id)
     if found is None:
         return error_response(404, f"no token {token_id}")
+    if found[1]:
+        return json_response(_token_view(found[0], True))  # revoked already: nothing to add
     revoked = ev.TokenRevoked(at=ev.utcnow(), token_id=token_id)
     await EventLog(request.app[NATS]).append(revoked)
     request.app[TOKENS].apply(revoked)
@@ -136,6 +138,7 @@ ADMIN_ROUTES = (
         summary="Rebuild read models from the event stream and swap them in atomically "
         "(or, with `until`, rebuild as of that sequence into a kept schema)",
         body=api.OpsBody,
+        body_required=False,
         responses={200: rpc.OpsResponse},
         errors=(400, 422, 503),
         access=ev.Role.ADMIN,
@@ -147,6 +150,7 @@ ADMIN_ROUTES = (
         summary="Rebuild read models into scratch tables and count the rows that differ "
         "from the live ones",
         body=api.OpsBody,
+        body_required=False,
         responses={200: rpc.OpsResponse},
         errors=(400, 422, 503),
         access=ev.Role.ADMIN,

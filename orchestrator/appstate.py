@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from aiohttp import web
 from nats.aio.client import Client
@@ -15,6 +17,8 @@ POOL = web.AppKey("pool", db.Pool)
 NATS = web.AppKey("nats", Client)
 OPENAPI = web.AppKey("openapi", bytes)
 TOKENS = web.AppKey("tokens", TokenRegistry)
+STOPPING = web.AppKey("stopping", asyncio.Event)
+"""Set when the server shuts down, so that long answers (a followed log) end."""
 TEXT = "text/plain"
 
 

@@ -3,6 +3,7 @@ turns errors into JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from typing import TYPE_CHECKING
@@ -13,7 +14,15 @@ from aiohttp import web
 
 from orchestrator import auth, domain, metrics, openapi
 from orchestrator.admin_routes import ADMIN_ROUTES
-from orchestrator.appstate import NATS, OPENAPI, POOL, SERVICE, TOKENS, error_response
+from orchestrator.appstate import (
+    NATS,
+    OPENAPI,
+    POOL,
+    SERVICE,
+    STOPPING,
+    TOKENS,
+    error_response,
+)
 from orchestrator.job_routes import JOB_ROUTES
 from orchestrator.ratelimit import RateLimited
 
@@ -100,6 +109,10 @@ def _access(routes: tuple[openapi.Route, ...]) -> Callable[[web.Request], Role |
     return access
 
 
+async def _stop_long_answers(app: web.Application) -> None:
+    app[STOPPING].set()
+
+
 def create_app(
     service: JobService,
     pool: db.Pool,
@@ -121,6 +134,8 @@ def create_app(
     app[POOL] = pool
     app[NATS] = nc
     app[TOKENS] = tokens
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_stop_long_answers)
     app[metrics.METRICS] = metrics.Metrics()
     app[OPENAPI] = msgspec.json.encode(openapi.document(ROUTES))
     app.add_routes(web.route(route.method, route.path, route.handler) for route in ROUTES)

@@ -9,7 +9,7 @@ from aiohttp import web
 from infra import api
 from infra.events import Role
 from orchestrator import domain, logs, queries
-from orchestrator.appstate import NATS, POOL, SERVICE, TEXT, json_response
+from orchestrator.appstate import NATS, POOL, SERVICE, STOPPING, TEXT, json_response
 from orchestrator.auth import AuthError, caller
 from orchestrator.openapi import Route
 
@@ -72,9 +72,18 @@ async def get_job_logs(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     response.content_type, response.charset = TEXT, "utf-8"
     await response.prepare(request)
-    async for chunk in logs.follow(js, request.app[SERVICE], job, attempt):
-        await response.write(chunk)
-    await response.write_eof()
+
+    def listening() -> bool:
+        transport = request.transport
+        open_ = transport is not None and not transport.is_closing()
+        return open_ and not request.app[STOPPING].is_set()
+
+    try:
+        async for chunk in logs.follow(js, request.app[SERVICE], job, attempt, listening):
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the follower went away: nothing is owed to anyone
     return response
 
 

@@ -12,7 +12,7 @@ from infra.events import TERMINAL_STATUSES
 from orchestrator import domain
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from nats.js import JetStreamContext
 
@@ -46,16 +46,23 @@ async def read(js: JetStreamContext, job: api.JobView, attempt: int) -> bytes:
 
 
 async def follow(
-    js: JetStreamContext, service: JobService, job: api.JobView, attempt: int
+    js: JetStreamContext,
+    service: JobService,
+    job: api.JobView,
+    attempt: int,
+    listening: Callable[[], bool],
 ) -> AsyncIterator[bytes]:
     """An attempt's output from its start until it ends: the stored log at once when the
-    attempt is over, else live chunks, waiting while the attempt is queued."""
+    attempt is over, else live chunks, waiting while the attempt is queued, for as long
+    as `listening()` (the client is still there and the server is not stopping)."""
     stored = await logstore.fetch(js, logstore.object_name(job.org_id, job.job_id, attempt))
     if stored is not None:
         yield stored
         return
 
     async def attempt_still_open() -> bool:
+        if not listening():
+            return False
         now = await service.get(job.job_id)
         return now.attempt == attempt and now.status not in TERMINAL_STATUSES
 

@@ -39,6 +39,7 @@ class Route:
     errors: tuple[int, ...] = ()
     """Statuses answered with an `ErrorBody`."""
     body: Body | None = None
+    body_required: bool = True
     query: type[msgspec.Struct] | None = None
     """A Struct whose fields are the query parameters."""
     media_type: str = JSON
@@ -106,7 +107,7 @@ def _operation(
         operation["parameters"] = parameters
     if route.body is not None:
         content = {JSON: {"schema": _schema(route.body, schema_of)}}
-        operation["requestBody"] = {"required": True, "content": content}
+        operation["requestBody"] = {"required": route.body_required, "content": content}
     answers = [(status, body, route.media_type) for status, body in route.responses.items()]
     errors = route.errors if route.access is None else (*route.errors, 401, 403, 429)
     answers += [(status, api.ErrorBody, JSON) for status in sorted(set(errors))]

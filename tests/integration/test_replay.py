@@ -135,6 +135,6 @@ async def test_unknown_read_models_and_options_are_refused(stack: Stack) -> None
     await stack.settled()
     status, body = await stack.request("POST", "/ops/replay", {"projection": "nope"})
     assert (status, body["field"]) == (422, "projection")
-    assert "jobs, batches, agents" in body["error"]
+    assert "nope" in body["error"]
     status, body = await stack.request("POST", "/ops/verify", {"until": 3})
     assert (status, body["field"]) == (422, "until")
