@@ -467,6 +467,15 @@ Projection = Annotated[
 ]
 
 
+def _read_model(name: str | None) -> api.ReadModel | None:
+    for model in api.READ_MODELS:
+        if name == model:
+            return model
+    if name is not None:
+        fail(f"--projection must be one of {', '.join(api.READ_MODELS)}, not {name!r}")
+    return None
+
+
 @ops_app.command("replay")
 def ops_replay(
     projection: Projection = None,
@@ -484,7 +493,7 @@ def ops_replay(
 ) -> None:
     """Rebuild read models from the event stream and swap them in atomically; the API
     keeps answering from the old tables until the swap."""
-    body = api.OpsBody(projection=projection, until=until)
+    body = api.OpsBody(projection=_read_model(projection), until=until)
     _show(api_url, token, lambda c: c.ops("replay", body), render.ops_view, json_output)
 
 
@@ -499,7 +508,7 @@ def ops_verify(
     exit 0 when no row differs, 1 otherwise."""
 
     async def work(client: ApiClient) -> int:
-        report = await client.ops("verify", api.OpsBody(projection=projection))
+        report = await client.ops("verify", api.OpsBody(projection=_read_model(projection)))
         render.show(report, render.ops_view, as_json=json_output)
         return 1 if any(p.differing for p in report.projections) else 0
 

@@ -86,12 +86,12 @@ def job_detail(job: api.JobView) -> RenderableType:
         ("batch", job.batch_id),
         ("agent", job.agent_id or _NONE),
         ("attempt", f"{job.attempt} (test retries allowed: {job.retries})"),
-        ("timeout", _duration(job.timeout_s)),
+        ("timeout", duration(job.timeout_s)),
         ("submitted", _moment(job.submitted_at)),
         ("assigned", _moment(job.assigned_at)),
         ("started", _moment(job.started_at)),
         ("finished", _moment(job.finished_at)),
-        ("duration", _duration(job.duration_s)),
+        ("duration", duration(job.duration_s)),
         ("reason", job.reason or _NONE),
         *([("retry after", _moment(job.not_before))] if job.not_before else []),
         ("log", job.log_ref or _NONE),
@@ -114,7 +114,7 @@ def attempts_table(attempts: Sequence[api.AttemptView]) -> Table:
             run.agent_id,
             _status_text(run.outcome),
             _moment(run.started_at or run.assigned_at),
-            _duration(run.duration_s),
+            duration(run.duration_s),
             run.reason or _NONE,
         )
     return table
@@ -151,7 +151,7 @@ def summary_table(jobs: Sequence[api.JobView]) -> Table:
             job.job_id,
             job.test_path,
             _status_text(job.status),
-            _duration(job.duration_s),
+            duration(job.duration_s),
             job.reason or "",
         )
     return table
@@ -294,16 +294,19 @@ def _moment(when: datetime | None) -> str:
 
 def _ago(when: datetime | None) -> str:
     """How long ago, coarsely: `42s ago`, `5m ago`, `3h ago`, `2d ago`."""
-    if when is None:
-        return _NONE
-    seconds = max(0, int((utcnow() - when).total_seconds()))
+    return _NONE if when is None else f"{age(when, utcnow())} ago"
+
+
+def age(when: datetime, now: datetime) -> str:
+    """The time from `when` to `now`, coarsely: `42s`, `5m`, `3h`, `2d`."""
+    seconds = max(0, int((now - when).total_seconds()))
     for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     """`3.2s`, or `4m05s` from a minute on."""
     if seconds is None:
         return _NONE

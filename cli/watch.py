@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cli import render
 from cli.client import ApiError, ApiUnreachable
 from infra import api
 from infra.events import JobStatus, utcnow
@@ -201,7 +202,7 @@ class _Verdicts:
                 job.job_id,
                 Text(job.test_path, overflow="fold"),
                 Text(job.status.value, style=_VERDICT_STYLES.get(job.status, "")),
-                _took(job.duration_s),
+                render.duration(job.duration_s),
                 # One line per verdict keeps the frame's height steady.
                 Text(job.reason or "", no_wrap=True, overflow="ellipsis"),
             )
@@ -237,20 +238,5 @@ def _short(batch_id: str | None) -> Text:
 
 def _wait(band: api.QueueBand, now: datetime) -> str:
     """How long the band's oldest job has waited, coarsely: `42s`, `5m`, `3h`, `2d`."""
-    if band.oldest_submitted_at is None:
-        return _NONE
-    seconds = max(0, int((now - band.oldest_submitted_at).total_seconds()))
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _took(seconds: float | None) -> str:
-    """`3.2s`, or `4m05s` from a minute on."""
-    if seconds is None:
-        return _NONE
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes}m{rest:02d}s"
+    oldest = band.oldest_submitted_at
+    return _NONE if oldest is None else render.age(oldest, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -209,10 +210,14 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     field: str | None = None
 
 
+ReadModel = Literal["jobs", "batches", "agents"]
+READ_MODELS: tuple[ReadModel, ...] = typing.get_args(ReadModel)
+
+
 class OpsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The body of `POST /ops/replay` and `POST /ops/verify` (may be empty)."""
 
-    projection: Literal["jobs", "batches", "agents"] | None = None
+    projection: ReadModel | None = None
     """One read model; default all."""
     until: Annotated[int, Meta(ge=0)] | None = None
     """Replay only: rebuild as of this stream sequence into a kept schema, no swap."""

@@ -18,45 +18,41 @@ if TYPE_CHECKING:
 FAST = {"agent_ttl_s": 1.0, "ticket_ack_wait_s": 2.0}
 
 
-def agent_process(env: dict[str, str], test_s: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "cli",
-        "agent",
-        "--target",
-        "emulator",
-        "--name",
-        "doomed",
-        "--install-s",
-        "0",
-        "--test-s",
-        test_s,
-    ]
+async def start_agent(
+    servers: embedded.Servers, *, test_s: str, ttl_s: str
+) -> asyncio.subprocess.Process:
+    """`qgjob agent --name doomed` in its own process (agent id `doomed-1`), so that the
+    test can kill it for real."""
+    env = {
+        **os.environ,
+        "QG_NATS_URL": servers.nats_url,
+        "QG_LOG_FORMAT": "json",
+        "QG_AGENT_TTL_S": ttl_s,
+        "QG_TICKET_ACK_WAIT_S": "2",
+    }
+    argv = ["agent", "--target", "emulator", "--name", "doomed", "--install-s", "0"]
+    return await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "cli", *argv, "--test-s", test_s],
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 async def test_an_agent_restarted_under_its_id_gets_back_the_job_its_old_self_held(
     qg_servers: embedded.Servers,
 ) -> None:
-    env = {
-        **os.environ,
-        "QG_NATS_URL": qg_servers.nats_url,
-        "QG_LOG_FORMAT": "json",
-        "QG_AGENT_TTL_S": "30",
-        "QG_TICKET_ACK_WAIT_S": "2",
-    }
-    quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
     # A long heartbeat TTL: the restarted process keeps the key alive, so only its new
     # registration can tell that the job's holder is gone.
     async with running_stack(qg_servers, [], agent_ttl_s=1.0, ticket_ack_wait_s=2.0) as stack:
-        first = await asyncio.create_subprocess_exec(*agent_process(env, "600"), env=env, **quiet)
+        first = await start_agent(qg_servers, test_s="600", ttl_s="30")
         try:
             job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
             await stack.reach(job.job_id, "running", timeout_s=30)
         finally:
             first.kill()
             await first.wait()
-        second = await asyncio.create_subprocess_exec(*agent_process(env, "0"), env=env, **quiet)
+        second = await start_agent(qg_servers, test_s="0", ttl_s="30")
         try:
             [view] = await stack.wait_all([job.job_id], timeout_s=60)
         finally:
@@ -72,31 +68,8 @@ async def test_an_agent_restarted_under_its_id_gets_back_the_job_its_old_self_he
 async def test_a_killed_agents_job_is_requeued_and_passes_on_another_agent(
     qg_servers: embedded.Servers,
 ) -> None:
-    env = {
-        **os.environ,
-        "QG_NATS_URL": qg_servers.nats_url,
-        "QG_AGENT_TTL_S": "1",
-        "QG_TICKET_ACK_WAIT_S": "2",
-        "QG_LOG_FORMAT": "json",
-    }
     async with running_stack(qg_servers, [], **FAST) as stack:
-        doomed = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cli",
-            "agent",
-            "--target",
-            "emulator",
-            "--name",
-            "doomed",
-            "--install-s",
-            "0",
-            "--test-s",
-            "600",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        doomed = await start_agent(qg_servers, test_s="600", ttl_s="1")
         try:
             job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
             running = await stack.reach(job.job_id, "running", timeout_s=30)

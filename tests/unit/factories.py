@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from infra import api
 from infra import events as ev
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,3 +72,33 @@ class CollectedOutput:
     @property
     def text(self) -> str:
         return self.data.decode(errors="replace")
+
+
+MakeJobView = Callable[..., api.JobView]
+
+
+def job_views(**defaults: Any) -> MakeJobView:
+    """A JobView factory numbering its jobs: a passed emulator job of build xyz123 unless
+    `defaults` or the call say otherwise."""
+    count = 0
+
+    def make(status: ev.JobStatus = ev.JobStatus.PASSED, **fields: Any) -> api.JobView:
+        nonlocal count
+        count += 1
+        values: dict[str, Any] = {
+            "job_id": f"j{count:022d}",
+            "org_id": "qualgent",
+            "app_version_id": "xyz123",
+            "test_path": f"tests/test_{count}.spec.js",
+            "target": ev.Target.EMULATOR,
+            "priority": 3,
+            "status": status,
+            "batch_id": "b1",
+            "attempt": 1,
+            "retries": 0,
+            "timeout_s": 600.0,
+            "submitted_at": T0,
+        }
+        return api.JobView(**{**values, **defaults, **fields})
+
+    return make

@@ -4,49 +4,29 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cli import junit
-from infra import api
 from infra.events import JobStatus, Target
+from tests.unit import factories
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from infra import api
+
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
-MakeJob = Callable[..., api.JobView]
+MakeJob = factories.MakeJobView
 
 
 @pytest.fixture
 def job() -> MakeJob:
-    """A JobView factory: a passed emulator job of build 1.2.3 unless told otherwise."""
-    count = 0
-
-    def make(status: JobStatus = JobStatus.PASSED, **fields: Any) -> api.JobView:
-        nonlocal count
-        count += 1
-        values: dict[str, Any] = {
-            "job_id": f"job-{count}",
-            "org_id": "qualgent",
-            "app_version_id": "1.2.3",
-            "test_path": f"tests/test_{count}.spec.js",
-            "target": Target.EMULATOR,
-            "priority": 3,
-            "status": status,
-            "batch_id": "batch-1",
-            "attempt": 1,
-            "retries": 0,
-            "timeout_s": 600.0,
-            "submitted_at": T0,
-        }
-        return api.JobView(**{**values, **fields})
-
-    return make
+    """Jobs of build 1.2.3 (dots, as reporters split class names on them)."""
+    return factories.job_views(app_version_id="1.2.3", batch_id="batch-1", submitted_at=T0)
 
 
 def parse(jobs: list[api.JobView], log_tails: dict[str, str] | None = None) -> ET.Element:

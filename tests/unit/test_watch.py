@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from rich.console import Console, RenderableType
@@ -15,12 +13,13 @@ from cli import watch
 from cli.client import ApiError, ApiUnreachable
 from infra import api
 from infra.events import JobStatus, Target
+from tests.unit import factories
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 URL = "http://127.0.0.1:8420"
 BATCH = "b0123456789abcdef0123"
 
-MakeJob = Callable[..., api.JobView]
+MakeJob = factories.MakeJobView
 
 
 def text_of(frame: RenderableType, width: int = 100) -> str:
@@ -39,31 +38,13 @@ def line_with(text: str, *words: str) -> str:
 
 @pytest.fixture
 def job() -> MakeJob:
-    """A JobView factory: a passed emulator job of build xyz123 unless told otherwise."""
-    count = 0
-
-    def make(status: JobStatus = JobStatus.PASSED, **fields: Any) -> api.JobView:
-        nonlocal count
-        count += 1
-        values: dict[str, Any] = {
-            "job_id": f"j{count:022d}",
-            "org_id": "qualgent",
-            "app_version_id": "xyz123",
-            "test_path": f"tests/test_{count}.spec.js",
-            "target": Target.EMULATOR,
-            "priority": 3,
-            "status": status,
-            "batch_id": BATCH,
-            "attempt": 1,
-            "retries": 0,
-            "timeout_s": 600.0,
-            "submitted_at": NOW - timedelta(minutes=1),
-            "finished_at": NOW - timedelta(seconds=count),
-            "duration_s": 3.25,
-        }
-        return api.JobView(**{**values, **fields})
-
-    return make
+    """Finished jobs of the open batch, the most recent first."""
+    return factories.job_views(
+        batch_id=BATCH,
+        submitted_at=NOW - timedelta(minutes=1),
+        finished_at=NOW - timedelta(seconds=1),
+        duration_s=3.25,
+    )
 
 
 def queue() -> api.QueueView:
