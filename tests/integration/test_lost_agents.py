@@ -44,15 +44,15 @@ async def test_an_agent_restarted_under_its_id_gets_back_the_job_its_old_self_he
 ) -> None:
     # A long heartbeat TTL: the restarted process keeps the key alive, so only its new
     # registration can tell that the job's holder is gone.
-    async with running_stack(qg_servers, [], agent_ttl_s=1.0, ticket_ack_wait_s=2.0) as stack:
-        first = await start_agent(qg_servers, test_s="600", ttl_s="30")
+    async with running_stack(qg_servers, [], agent_ttl_s=6.0, ticket_ack_wait_s=2.0) as stack:
+        first = await start_agent(qg_servers, test_s="600", ttl_s="6")
         try:
             job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
             await stack.reach(job.job_id, "running", timeout_s=30)
         finally:
             first.kill()
             await first.wait()
-        second = await start_agent(qg_servers, test_s="0", ttl_s="30")
+        second = await start_agent(qg_servers, test_s="0", ttl_s="6")
         try:
             [view] = await stack.wait_all([job.job_id], timeout_s=60)
         finally:
