@@ -93,6 +93,9 @@ def _first_cause(exc: BaseException) -> str:
 
 def _require_free_port(config: settings.Settings) -> None:
     with socket.socket() as sock:
+        # As the server itself binds: a predecessor's TIME_WAIT connections (after a
+        # kill -9) must not make a free port look taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((config.api_host, config.api_port))
         except OSError:

@@ -88,6 +88,16 @@ def decode_batch(
     return events, last
 
 
+def fetch_timed_out() -> list[Msg]:
+    """What a fetch that timed out gives: nothing, unless the task is being cancelled.
+    nats-py's `fetch` can turn a cancellation into a TimeoutError; a loop that shrugged
+    it off would never stop (a projector that hangs instead of exiting)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return []
+
+
 class ProjectionRunner:
     """Keeps one projection up to date with QG_EVENTS."""
 
@@ -155,7 +165,7 @@ class ProjectionRunner:
         try:
             return await sub.fetch(self._batch_size, timeout=1.0)
         except (TimeoutError, nats.errors.TimeoutError):
-            return []
+            return fetch_timed_out()
 
     async def run(self, stop: asyncio.Event, *, catch_up: bool = False) -> None:
         """Apply events until `stop` is set; with `catch_up`, return once every event
