@@ -20,3 +20,7 @@ lint:
 # Throughput and latency figures, each beside the raw NATS figure of the same run.
 bench:
     {{venv}}python -m tests.bench.submit_bench
+
+# Scheduling figures: one workload through the scheduler and a naive FIFO, against lower bounds.
+bench-schedule *ARGS:
+    {{venv}}python -m tests.bench.schedule_bench {{ARGS}}

@@ -1,12 +1,20 @@
 """An agent: takes a dispatch ticket, claims the batch's jobs, installs the build once,
-runs the tests one after another, and claims again before letting the ticket go."""
+runs the tests one after another, and claims again before letting the ticket go.
+
+Between two tests it looks for an urgent ticket (band `preempt_band` or higher, above the
+band it works); when it gets one, it gives back the jobs it has not started
+(`JobReleased`, no attempt counted) and the batch (`BatchYielded`, which spends its
+ticket so the jobs get a fresh one), and works the urgent ticket at once. A job of
+priority 5 thus waits for one test, not for a whole batch. Less urgent bands wait for the
+batch to end: interrupting a batch costs its build a second install when another agent
+picks it up, which only urgent work is worth."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -14,9 +22,10 @@ import nats.errors
 import structlog
 
 from agent import cancels
+from agent.affinity import InstallCache
 from agent.output import AttemptOutput
 from agent.runners import RunnerError
-from agent.tickets import TicketSource
+from agent.tickets import PREEMPT_GRACE_S, TicketSource, band_of
 from infra import events as ev
 from infra import lifecycle, logstore, requeue, rpc
 from infra.eventlog import ConcurrencyConflict
@@ -46,8 +55,21 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     install_timeout_s: float = 900.0
     install_cache_size: int = 8
     """How many installed builds the device keeps."""
+    preempt_band: int = 5
+    """Tickets of this band or higher interrupt a batch of a lower band between tests;
+    2 lets any higher band interrupt."""
     log_limit_bytes: int = logstore.DEFAULT_LIMIT_BYTES
     """How much of one attempt's output is kept."""
+
+
+@dataclass(frozen=True)
+class _Done:
+    """How working a ticket ended."""
+
+    spent: bool
+    """Ack the ticket (drained or given back); else nak it for a later try."""
+    urgent: Msg | None = None
+    """The more urgent ticket taken between two tests or during the install: next."""
 
 
 class Agent:
@@ -66,7 +88,8 @@ class Agent:
         self._registry = registry
         self._runner = runner
         self.config = config
-        self._installed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._installed = InstallCache(config.install_cache_size, config.agent_id)
+        self._tickets = TicketSource(nc, config.targets)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work tickets until `stop` is set; a batch in progress gives back its unstarted
@@ -85,14 +108,15 @@ class Agent:
         log.info("agent_registered", targets=[t.value for t in cfg.targets])
         await self._beat()
         heartbeat = asyncio.create_task(self._heartbeat())
-        tickets = TicketSource(self._nc, cfg.targets)
-        await tickets.open()
+        await self._tickets.open()
         try:
-            while (msg := await tickets.next(stop)) is not None:
-                await self._work(msg, stop)
+            msg = await self._tickets.next(stop, self._installed.rank)
+            while msg is not None:
+                urgent = await self._work(msg, stop)
+                msg = urgent or await self._tickets.next(stop, self._installed.rank)
         finally:
             heartbeat.cancel()
-            await tickets.close()
+            await self._tickets.close()
             await self._events.append(ev.AgentStopped(at=ev.utcnow(), agent_id=cfg.agent_id))
             await self._registry.delete(cfg.agent_id)
             log.info("agent_stopped")
@@ -112,28 +136,30 @@ class Agent:
             await asyncio.sleep(self.config.ticket_ack_wait_s / 3)
             await msg.in_progress()
 
-    async def _work(self, msg: Msg, stop: asyncio.Event) -> None:
-        """Work one ticket. A ticket that is not a ticket is terminated; any other failure
-        (NATS or the claim service away, say) gives the ticket back for a later try
-        instead of stopping this agent and its sibling slots."""
+    async def _work(self, msg: Msg, stop: asyncio.Event) -> Msg | None:
+        """Work one ticket; returns a more urgent one taken meanwhile. A ticket that is
+        not a ticket is terminated; any other failure (NATS or the claim service away,
+        say) gives the ticket back for a later try instead of stopping this agent and
+        its sibling slots."""
         try:
             ticket = ev.ticket_decoder.decode(msg.data)
         except msgspec.DecodeError:
             log.warning("ticket_rejected", data=msg.data[:200])
             await msg.term()
-            return
+            return None
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            spent = await self._work_batch(ticket, stop)
+            done = await self._work_batch(ticket, stop)
         except Exception:
             log.exception("batch_failed", batch_id=ticket.batch_id)
-            spent = False
+            done = _Done(spent=False)
         finally:
             keep_alive.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await keep_alive
         with contextlib.suppress(Exception):  # NATS away: AckWait redelivers the ticket
-            await (msg.ack_sync() if spent else msg.nak(delay=1.0))
+            await (msg.ack_sync() if done.spent else msg.nak(delay=1.0))
+        return done.urgent
 
     async def _claim(self, ticket: ev.WorkTicket) -> rpc.ClaimResponse:
         request = rpc.ClaimRequest(
@@ -150,43 +176,83 @@ class Agent:
             return rpc.ClaimResponse(jobs=[], error=f"claim service unavailable: {exc!r}")
         return _claim_decoder.decode(reply.data)
 
-    async def _work_batch(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> bool:
-        """Claim and run until a claim comes back empty (True: the ticket is spent) or the
-        agent must let the ticket go unspent (False)."""
+    async def _work_batch(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> _Done:
+        """Claim and run until a claim comes back empty, the agent gives the batch back,
+        or it must let the ticket go unspent."""
         while True:
             claim = await self._claim(ticket)
             if claim.error is not None:
                 log.warning("claim_refused", batch_id=ticket.batch_id, error=claim.error)
-                return False
+                return _Done(spent=False)
             if not claim.jobs:
-                return True
+                return _Done(spent=True)
             jobs = [job.state for job in claim.jobs]
-            if not await self._ensure_installed(ticket, jobs):
-                continue
+            stopped = await self._ensure_installed(ticket, jobs)
+            if stopped is not None:
+                return stopped
             for index, job in enumerate(jobs):
                 if stop.is_set():
-                    await self._release(jobs[index:], "agent stopping")
-                    return False
+                    await self._give_back(ticket, jobs[index:], "agent stopping")
+                    return _Done(spent=True)
+                urgent = await self._urgent(ticket)
+                if urgent is not None:
+                    return await self._preempted(ticket, jobs[index:], urgent)
                 await self._run(job)
+
+    async def _urgent(self, ticket: ev.WorkTicket) -> Msg | None:
+        """A ticket urgent enough to interrupt this one's batch, if there is one now."""
+        above = max(ticket.band, self.config.preempt_band - 1)
+        return await self._tickets.take(self._installed.rank, above=above)
+
+    async def _preempted(
+        self, ticket: ev.WorkTicket, unstarted: list[lifecycle.JobState], urgent: Msg, how: str = ""
+    ) -> _Done:
+        try:
+            await self._give_back(ticket, unstarted, f"preempted by band {band_of(urgent)}{how}")
+        except BaseException:
+            await urgent.nak()
+            raise
+        return _Done(spent=True, urgent=urgent)
+
+    async def _give_back(
+        self, ticket: ev.WorkTicket, unstarted: list[lifecycle.JobState], reason: str
+    ) -> None:
+        """Release the jobs not started and spend the ticket: the batch gets a fresh one."""
+        await self._release(unstarted, reason)
+        await self._events.append(
+            ev.BatchYielded(
+                at=ev.utcnow(),
+                batch_id=ticket.batch_id,
+                ticket=ticket.ticket,
+                agent_id=self.config.agent_id,
+                reason=reason,
+            )
+        )
+        log.info("batch_yielded", batch_id=ticket.batch_id, jobs=len(unstarted), reason=reason)
 
     async def _ensure_installed(
         self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState]
-    ) -> bool:
-        key = (ticket.org_id, ticket.app_version_id, ticket.target.value)
-        if key in self._installed:
-            self._installed.move_to_end(key)
-            return True
+    ) -> _Done | None:
+        """Install the ticket's build unless the device has it; None once it has. An
+        urgent ticket interrupts the install: the jobs go back unstarted, and the batch
+        pays for one install still, not for one here and another where it goes."""
+        if self._installed.use(ticket):
+            return None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        failure = await self._install(ticket)
+        install = asyncio.ensure_future(self._install(ticket))
+        urgent = await self._during(install, ticket)
+        if urgent is not None:
+            return await self._preempted(ticket, jobs, urgent, " during the install")
+        failure = install.result()
         if failure is not None:
             log.warning("install_failed", batch_id=ticket.batch_id, error=failure)
             for job in jobs:
                 await self._error(job, failure)
-            return False
-        self._installed[key] = None
-        if len(self._installed) > self.config.install_cache_size:
-            self._installed.popitem(last=False)
+            # The batch's other jobs are for another try, on this device or another.
+            await self._give_back(ticket, [], "install failed")
+            return _Done(spent=True)
+        self._installed.add(ticket)
         await self._events.append(
             ev.BuildInstalled(
                 at=ev.utcnow(),
@@ -198,7 +264,20 @@ class Agent:
             )
         )
         log.info("build_installed", batch_id=ticket.batch_id, app_version_id=ticket.app_version_id)
-        return True
+        return None
+
+    async def _during(self, work: asyncio.Future[str | None], ticket: ev.WorkTicket) -> Msg | None:
+        """Wait for `work`; an urgent ticket taken meanwhile cancels it and is returned.
+        Looks every `PREEMPT_GRACE_S`, which costs nothing while no higher band is hinted."""
+        while not work.done():
+            urgent = await self._urgent(ticket)
+            if urgent is not None:
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return urgent
+            await asyncio.wait({work}, timeout=PREEMPT_GRACE_S)
+        return None
 
     async def _install(self, ticket: ev.WorkTicket) -> str | None:
         """Install the ticket's build; the reason it failed, or None once installed."""
@@ -226,13 +305,16 @@ class Agent:
         return lifecycle.evolve(state, event, appended.seq)
 
     async def _release(self, jobs: list[lifecycle.JobState], reason: str) -> None:
-        for job in jobs:
-            await self._append(
-                job,
-                ev.JobReleased(
-                    at=ev.utcnow(), job_id=job.job_id, agent_id=self.config.agent_id, reason=reason
-                ),
+        """Give back jobs not started, their appends in flight together."""
+        now, agent_id = ev.utcnow(), self.config.agent_id
+        await asyncio.gather(
+            *(
+                self._append(
+                    job, ev.JobReleased(at=now, job_id=job.job_id, agent_id=agent_id, reason=reason)
+                )
+                for job in jobs
             )
+        )
 
     async def _error(
         self, job: lifecycle.JobState, reason: str, log_ref: str | None = None

@@ -358,6 +358,9 @@ class WorkTicket(msgspec.Struct, frozen=True, kw_only=True):
     band: int
     ticket: int
     as_of_seq: int
+    installed_on: tuple[AgentId, ...] = ()
+    """Agents that installed the batch's build lately: an agent without it leaves the
+    ticket to them while it has other work to take."""
 
 
 ticket_decoder = msgspec.json.Decoder(WorkTicket)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from infra import lifecycle
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 DEFAULT_API_PORT = 8420
 
@@ -49,7 +53,12 @@ def _pairs(text: str) -> dict[str, str]:
     return pairs
 
 
-def scheduling_from_env(env: dict[str, str] | os._Environ[str]) -> Scheduling:
+def _names(text: str) -> tuple[str, ...]:
+    """`a, b` -> ("a", "b")."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def scheduling_from_env(env: Mapping[str, str]) -> Scheduling:
     """`QG_AGING_INTERVAL_S` (0: no aging), `QG_ORG_MAX_BUSY_AGENTS` (`4` for every org,
     or `acme=4,initech=2,*=8`), `QG_ORG_TIERS` (`acme=premium,initech=standard`),
     `QG_TIER_ORDER` (`premium,standard`) and `QG_OFFERED_PER_ORG`."""
@@ -64,13 +73,9 @@ def scheduling_from_env(env: dict[str, str] | os._Environ[str]) -> Scheduling:
         org_max_busy_agents={org: int(n) for org, n in limits.items()},
         default_max_busy_agents=None if default_limit is None else int(default_limit),
         org_tiers=_pairs(env.get("QG_ORG_TIERS", "")),
-        tier_order=defaults.tier_order if order is None else tuple(_pairs_free(order)),
+        tier_order=defaults.tier_order if order is None else _names(order),
         offered_per_org=int(env.get("QG_OFFERED_PER_ORG", defaults.offered_per_org)),
     )
-
-
-def _pairs_free(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +130,7 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         agent_ttl_s=float(env.get("QG_AGENT_TTL_S", defaults.agent_ttl_s)),
         ticket_ack_wait_s=float(env.get("QG_TICKET_ACK_WAIT_S", defaults.ticket_ack_wait_s)),
         log_format=env.get("QG_LOG_FORMAT", defaults.log_format),
+        scheduling=scheduling_from_env(env),
         rate_limit_rps=float(env.get("QG_RATE_LIMIT_RPS", defaults.rate_limit_rps)),
         rate_limit_burst=float(env.get("QG_RATE_LIMIT_BURST", defaults.rate_limit_burst)),
     )

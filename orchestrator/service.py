@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-CLAIM_LIMIT = 500
+CLAIM_LIMIT = 8
+"""Jobs one claim assigns. The agent claims again once it has run them, so a job of
+higher priority that joined the batch meanwhile runs next, agents sharing a split batch
+take its jobs in turns, and an agent preempted between tests has little to give back."""
 CLAIM_CATCH_UP_S = 5.0
 _CANCEL_ATTEMPTS = 5
 
@@ -122,8 +125,9 @@ class JobService:
             return None
 
     async def claim(self, request: rpc.ClaimRequest) -> rpc.ClaimResponse:
-        """Assign the batch's pending jobs to the asking agent; when there are none, record
-        that the agent's ticket is spent so the grouping projector can issue the next."""
+        """Assign the batch's next pending jobs to the asking agent and record that it works
+        the batch (`BatchClaimed`); when there are none, record that the agent's ticket is
+        spent (`BatchDrained`) so the grouping projector can issue the next."""
         caught_up = await queries.wait_for_checkpoint(
             self._pool, queries.JOBS_PROJECTION, request.as_of_seq, CLAIM_CATCH_UP_S
         )
@@ -133,15 +137,23 @@ class JobService:
             pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
         assigned = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
         jobs = [job for job in assigned if job is not None]
-        if not jobs:
-            await self._events.append(
-                ev.BatchDrained(
-                    at=ev.utcnow(),
-                    batch_id=request.batch_id,
-                    ticket=request.ticket,
-                    agent_id=request.agent_id,
-                )
+        outcome: ev.BatchClaimed | ev.BatchDrained = (
+            ev.BatchClaimed(
+                at=ev.utcnow(),
+                batch_id=request.batch_id,
+                ticket=request.ticket,
+                agent_id=request.agent_id,
+                jobs=len(jobs),
             )
+            if jobs
+            else ev.BatchDrained(
+                at=ev.utcnow(),
+                batch_id=request.batch_id,
+                ticket=request.ticket,
+                agent_id=request.agent_id,
+            )
+        )
+        await self._events.append(outcome)
         log.info(
             "batch_claimed",
             batch_id=request.batch_id,

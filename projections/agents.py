@@ -43,6 +43,7 @@ def _agent_of(event: ev.Event) -> str | None:
             | ev.JobFailed()
             | ev.BuildInstalled()
             | ev.BatchDrained()
+            | ev.BatchYielded()
         ):
             return event.agent_id
     return None
@@ -57,7 +58,7 @@ def _evolve(row: AgentRow, event: ev.Event) -> None:
             row.status, row.batch_id = "lost", None
         case ev.JobAssigned():
             row.status, row.batch_id = "busy", event.batch_id
-        case ev.BatchDrained():
+        case ev.BatchDrained() | ev.BatchYielded():
             if row.batch_id == event.batch_id:
                 row.status, row.batch_id = "idle", None
         case ev.JobPassed() | ev.JobFailed():
