@@ -67,7 +67,7 @@ async def _ops(request: web.Request, action: Literal["replay", "verify"]) -> web
     body = await request.read()
     options = _ops_body.decode(body) if body.strip() else api.OpsBody()
     if action == "verify" and options.until is not None:
-        raise msgspec.ValidationError("`until` applies to replay only - at `$.until`")
+        return error_response(422, "`until` applies to replay only", "until")
     command = rpc.OpsRequest(action=action, projection=options.projection, until=options.until)
     try:
         reply = await request.app[NATS].request(
@@ -103,7 +103,7 @@ def _token_view(issued: ev.TokenIssued, revoked: bool) -> api.TokenView:
 async def post_token(request: web.Request) -> web.Response:
     spec = _token_body.decode(await request.read())
     if spec.org_id is None and spec.role is not ev.Role.ADMIN:
-        raise msgspec.ValidationError(f"a {spec.role} token needs an org - at `$.org_id`")
+        return error_response(422, f"a {spec.role} token needs an org", "org_id")
     text, issued = tokens.issue(spec.org_id, spec.role, spec.name, ev.utcnow())
     await EventLog(request.app[NATS]).append(issued)
     request.app[TOKENS].apply(issued)

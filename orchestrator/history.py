@@ -41,17 +41,10 @@ def attempts(events: Iterable[ev.JobEvent]) -> list[api.AttemptView]:
                     duration_s=event.duration_s,
                     log_ref=event.log_ref,
                 )
-            case ev.JobFailed():
+            case ev.JobFailed() | ev.JobRetried(test_failed=True):
+                # A failed test, final or followed by a flaky-test retry.
                 end(
-                    outcome="failed",
-                    ended_at=event.at,
-                    duration_s=event.duration_s,
-                    reason=event.reason,
-                    log_ref=event.log_ref,
-                )
-            case ev.JobRetried(test_failed=True):
-                end(
-                    outcome="retried",
+                    outcome="failed" if isinstance(event, ev.JobFailed) else "retried",
                     ended_at=event.at,
                     duration_s=event.duration_s,
                     reason=event.reason,

@@ -9,7 +9,15 @@ from aiohttp import web
 from infra import api
 from infra.events import Role
 from orchestrator import domain, logs, queries
-from orchestrator.appstate import NATS, POOL, SERVICE, STOPPING, TEXT, json_response
+from orchestrator.appstate import (
+    NATS,
+    POOL,
+    SERVICE,
+    STOPPING,
+    TEXT,
+    error_response,
+    json_response,
+)
 from orchestrator.auth import AuthError, caller
 from orchestrator.openapi import Route
 
@@ -97,9 +105,7 @@ async def post_cancel(request: web.Request) -> web.Response:
     org_id, possible = _scope(request, match.org_id)
     match = msgspec.structs.replace(match, org_id=org_id)
     if match.batch_id is None and (match.org_id is None or match.app_version_id is None):
-        raise msgspec.ValidationError(
-            "give `batch_id`, or `org_id` and `app_version_id` - at `$.batch_id`"
-        )
+        return error_response(422, "give `batch_id`, or `org_id` and `app_version_id`", "batch_id")
     if not possible:
         return json_response(api.CancelResult(cancelled=[], already_finished=0))
     return json_response(await request.app[SERVICE].cancel_many(match))

@@ -9,6 +9,7 @@ import structlog
 
 from infra import api, lifecycle, rpc
 from infra import events as ev
+from infra import logging as qlogging
 from infra.eventlog import Append, ConcurrencyConflict, EventLog
 from orchestrator import domain, queries
 
@@ -95,7 +96,7 @@ class JobService:
                 appended = await self._events.append(event, expected_seq=state.version)
             except ConcurrencyConflict:
                 continue  # the job moved on while we decided: decide again
-            log.info("job_cancelled", job_id=job_id, stream_seq=appended.seq)
+            log.info("job_cancelled", **qlogging.job_keys(state), stream_seq=appended.seq)
             state = lifecycle.evolve(state, event, appended.seq)
             return queries.job_view(state, [*history, event])
         raise domain.DomainError(f"job {job_id} keeps changing; try again")
