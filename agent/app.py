@@ -8,17 +8,24 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
+from nats.js.errors import NotFoundError
 
 from agent.runners.simulated import SimulatedConfig, SimulatedRunner
 from agent.worker import Agent, AgentConfig
 from infra import embedded
+from infra import events as ev
 from infra import nats as qnats
 from infra.eventlog import EventLog
 
 if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
     from agent.runners import Runner
 
 log = structlog.get_logger(__name__)
+
+BIND_RETRY_S = 0.5
 
 
 def simulated_runner(config: SimulatedConfig, slot: int) -> Runner:
@@ -32,16 +39,38 @@ async def run(
     agents: list[tuple[AgentConfig, Runner]],
     stop: asyncio.Event,
 ) -> None:
-    """Run the given agents until `stop` is set. The streams and work consumers are
-    declared here too (idempotently), so agents may start before the projectors."""
+    """Run the given agents until `stop` is set, connected with the agents' credentials."""
     async with contextlib.AsyncExitStack() as stack:
-        nc = await qnats.connect(servers.nats_url, name="qgjob-agent")
+        nc = await qnats.connect(servers.agent_nats_url or servers.nats_url, name="qgjob-agent")
         stack.push_async_callback(qnats.close, nc)
-        js = nc.jetstream()
-        await qnats.declare_streams(js)
-        await qnats.declare_work_consumers(js, max(c.ticket_ack_wait_s for c, _ in agents))
+        targets = {target for config, _ in agents for target in config.targets}
+        registry = await _bind(nc.jetstream(), targets, stop)
+        if registry is None:
+            return
         events = EventLog(nc)
-        registry = await qnats.registry(js, max(c.heartbeat_ttl_s for c, _ in agents))
         async with asyncio.TaskGroup() as tasks:
             for config, runner in agents:
                 tasks.create_task(Agent(nc, events, registry, runner, config).run(stop))
+
+
+async def _bind(
+    js: JetStreamContext, targets: set[ev.Target], stop: asyncio.Event
+) -> KeyValue | None:
+    """The registry bucket, once it and the work consumers of `targets` exist; None when
+    `stop` is set first. Agents create nothing (their credentials allow none of it): the
+    orchestrator declares the bucket and the projectors the consumers, and an agent
+    started before them waits."""
+    consumers = [qnats.work_consumer_name(t, band) for t in targets for band in qnats.BANDS]
+    waiting = False
+    while True:
+        try:
+            for name in consumers:
+                await js.consumer_info(ev.WORK_STREAM, name)
+            return await js.key_value(qnats.REGISTRY_BUCKET)
+        except NotFoundError:
+            if not waiting:
+                log.info("agent_waiting_for_streams")
+            waiting = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), BIND_RETRY_S)
+            return None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import nats.errors
 import structlog
 
+from infra import logging as qlogging
 from infra import logstore
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class AttemptOutput:
         try:
             await logstore.store(self._nc.jetstream(), name, data)
         except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("log_not_stored", job_id=self._job.job_id, error=repr(exc))
+            log.warning("log_not_stored", **qlogging.job_keys(self._job), error=repr(exc))
             return None
         return name
 

@@ -28,7 +28,8 @@ from agent.runners import RunnerError
 from agent.tickets import PREEMPT_GRACE_S, TicketSource, band_of
 from infra import events as ev
 from infra import lifecycle, logstore, requeue, rpc
-from infra.eventlog import ConcurrencyConflict
+from infra import logging as qlogging
+from infra.eventlog import ConcurrencyConflict, EventLogError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -42,6 +43,11 @@ log = structlog.get_logger(__name__)
 
 _claim_decoder = msgspec.json.Decoder(rpc.ClaimResponse)
 
+INSTALL_CACHE_SIZE = 8
+PREEMPT_BAND = 5
+GOODBYE_TIMEOUT_S = 2.0
+"""How long a stopping agent tries to record that it stopped."""
+
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: ev.AgentId
@@ -53,13 +59,34 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_ttl_s: float = 10.0
     claim_timeout_s: float = 10.0
     install_timeout_s: float = 900.0
-    install_cache_size: int = 8
+    install_cache_size: int = INSTALL_CACHE_SIZE
     """How many installed builds the device keeps."""
-    preempt_band: int = 5
+    preempt_band: int = PREEMPT_BAND
     """Tickets of this band or higher interrupt a batch of a lower band between tests;
     2 lets any higher band interrupt."""
     log_limit_bytes: int = logstore.DEFAULT_LIMIT_BYTES
     """How much of one attempt's output is kept."""
+
+
+_RETRY_FIRST_S = 0.5
+_RETRY_CAP_S = 5.0
+"""Between two tries of a claim, or of a batch that failed: doubling up to this."""
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`, or less if `stop` is set meanwhile; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+def _batch_keys(ticket: ev.WorkTicket) -> dict[str, str]:
+    """The keys every log line about a batch carries."""
+    return {"batch_id": ticket.batch_id, "org_id": ticket.org_id}
+
+
+class ClaimUnanswered(Exception):
+    """The claim service did not answer, or answered with an error: ask again."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +144,20 @@ class Agent:
         finally:
             heartbeat.cancel()
             await self._tickets.close()
-            await self._events.append(ev.AgentStopped(at=ev.utcnow(), agent_id=cfg.agent_id))
-            await self._registry.delete(cfg.agent_id)
-            log.info("agent_stopped")
+            await self._say_goodbye()
+
+    async def _say_goodbye(self) -> None:
+        """Record the stop and drop the registry key, best effort: when NATS or the
+        orchestrator's append gate is gone already, the key expires instead and the sweep
+        declares the agent lost, which requeues the same jobs."""
+        agent_id = self.config.agent_id
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                await self._events.append(ev.AgentStopped(at=ev.utcnow(), agent_id=agent_id))
+                await self._registry.delete(agent_id)
+        except (EventLogError, nats.errors.Error, TimeoutError) as exc:
+            log.warning("agent_stop_unrecorded", error=repr(exc))
+        log.info("agent_stopped")
 
     async def _beat(self) -> None:
         await self._registry.put(self.config.agent_id, b"alive")
@@ -134,7 +172,8 @@ class Agent:
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
             await asyncio.sleep(self.config.ticket_ack_wait_s / 3)
-            await msg.in_progress()
+            with contextlib.suppress(Exception):  # NATS away: the next beat tries again
+                await msg.in_progress()
 
     async def _work(self, msg: Msg, stop: asyncio.Event) -> Msg | None:
         """Work one ticket; returns a more urgent one taken meanwhile. A ticket that is
@@ -149,10 +188,7 @@ class Agent:
             return None
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            done = await self._work_batch(ticket, stop)
-        except Exception:
-            log.exception("batch_failed", batch_id=ticket.batch_id)
-            done = _Done(spent=False)
+            done = await self._work_retrying(ticket, stop)
         finally:
             keep_alive.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -161,29 +197,49 @@ class Agent:
             await (msg.ack_sync() if done.spent else msg.nak(delay=1.0))
         return done.urgent
 
+    async def _work_retrying(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> _Done:
+        """Work the ticket's batch, again after a failure (NATS or the claim service away,
+        say) instead of stopping this agent and its sibling slots. A claim whose answer
+        was lost may have assigned jobs all the same: claiming again with the same ticket
+        gets them back, since a claim hands an agent the jobs it holds. Only a stop lets
+        the ticket go unspent."""
+        pause = _RETRY_FIRST_S
+        while True:
+            try:
+                return await self._work_batch(ticket, stop)
+            except ClaimUnanswered as exc:
+                log.warning("claim_failed", **_batch_keys(ticket), error=str(exc))
+            except Exception:
+                log.exception("batch_failed", **_batch_keys(ticket))
+            if await _stopped_within(stop, pause):
+                return _Done(spent=False)
+            pause = min(pause * 2, _RETRY_CAP_S)
+
     async def _claim(self, ticket: ev.WorkTicket) -> rpc.ClaimResponse:
         request = rpc.ClaimRequest(
             agent_id=self.config.agent_id,
             batch_id=ticket.batch_id,
             ticket=ticket.ticket,
-            as_of_seq=ticket.as_of_seq,
+            # The read model must also show this agent's own last writes, or it would
+            # take jobs the agent finished for jobs it still holds.
+            as_of_seq=max(ticket.as_of_seq, self._events.last_job_seq),
         )
         try:
             reply = await self._nc.request(
                 ev.CLAIM_SUBJECT, msgspec.json.encode(request), timeout=self.config.claim_timeout_s
             )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            return rpc.ClaimResponse(jobs=[], error=f"claim service unavailable: {exc!r}")
-        return _claim_decoder.decode(reply.data)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ClaimUnanswered(f"claim service unavailable: {exc!r}") from exc
+        answer = _claim_decoder.decode(reply.data)
+        if answer.error is not None:
+            raise ClaimUnanswered(answer.error)
+        return answer
 
     async def _work_batch(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> _Done:
         """Claim and run until a claim comes back empty, the agent gives the batch back,
-        or it must let the ticket go unspent."""
+        or a claim goes unanswered (`ClaimUnanswered`)."""
         while True:
             claim = await self._claim(ticket)
-            if claim.error is not None:
-                log.warning("claim_refused", batch_id=ticket.batch_id, error=claim.error)
-                return _Done(spent=False)
             if not claim.jobs:
                 return _Done(spent=True)
             jobs = [job.state for job in claim.jobs]
@@ -228,7 +284,7 @@ class Agent:
                 reason=reason,
             )
         )
-        log.info("batch_yielded", batch_id=ticket.batch_id, jobs=len(unstarted), reason=reason)
+        log.info("batch_yielded", **_batch_keys(ticket), jobs=len(unstarted), reason=reason)
 
     async def _ensure_installed(
         self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState]
@@ -246,7 +302,7 @@ class Agent:
             return await self._preempted(ticket, jobs, urgent, " during the install")
         failure = install.result()
         if failure is not None:
-            log.warning("install_failed", batch_id=ticket.batch_id, error=failure)
+            log.warning("install_failed", **_batch_keys(ticket), error=failure)
             for job in jobs:
                 await self._error(job, failure)
             # The batch's other jobs are for another try, on this device or another.
@@ -263,7 +319,7 @@ class Agent:
                 duration_s=loop.time() - started,
             )
         )
-        log.info("build_installed", batch_id=ticket.batch_id, app_version_id=ticket.app_version_id)
+        log.info("build_installed", **_batch_keys(ticket), app_version_id=ticket.app_version_id)
         return None
 
     async def _during(self, work: asyncio.Future[str | None], ticket: ev.WorkTicket) -> Msg | None:
@@ -300,7 +356,7 @@ class Agent:
         try:
             appended = await self._events.append(event, expected_seq=state.version)
         except ConcurrencyConflict:
-            log.warning("job_taken_over", job_id=state.job_id)
+            log.warning("job_taken_over", **qlogging.job_keys(state))
             return None
         return lifecycle.evolve(state, event, appended.seq)
 
@@ -328,7 +384,7 @@ class Agent:
             log_ref,
             self.config.backoff,
         ):
-            log.warning("job_taken_over", job_id=job.job_id)
+            log.warning("job_taken_over", **qlogging.job_keys(job))
 
     async def _run(self, job: lifecycle.JobState) -> None:
         agent_id = self.config.agent_id
@@ -358,7 +414,7 @@ class Agent:
             return
         log_ref = await output.finish()
         if outcome is None:
-            log.info("test_stopped", job_id=job.job_id, reason="job cancelled")
+            log.info("test_stopped", **qlogging.job_keys(running), reason="job cancelled")
             return
         now = ev.utcnow()
         verdict: ev.JobEvent = (
@@ -375,10 +431,11 @@ class Agent:
                 running, agent_id, outcome.reason, outcome.duration_s, now, log_ref
             )
         )
-        if await self._append(running, verdict) is not None:
+        finished = await self._append(running, verdict)
+        if finished is not None:
             log.info(
                 "job_finished",
-                job_id=job.job_id,
-                batch_id=job.batch_id,
+                **qlogging.job_keys(running),
                 verdict=ev.tag_of(verdict),
+                stream_seq=finished.version,
             )

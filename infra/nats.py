@@ -3,34 +3,72 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
+import structlog
+from nats.aio.client import Client
 from nats.js import api
 
 from infra import events as ev
 from infra import logstore
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
+log = structlog.get_logger(__name__)
+
 DUPLICATE_WINDOW_S = 120.0
 BANDS = (5, 4, 3, 2, 1)
+DRAIN_TIMEOUT_S = 2.0
+"""How long closing a connection waits for in-flight messages before it just closes."""
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where a NATS user's replies arrive: under its own name, so that a user allowed to
+    subscribe to its own inbox only (an agent) gets them and sees no one else's."""
+    return "_INBOX" if user is None else f"_INBOX.{user}"
+
+
+class CredentialsRefused(nats.errors.Error):
+    """nats-server refused the credentials: retrying cannot help."""
 
 
 async def connect(url: str, name: str) -> Client:
-    """Connect with reconnects that outlast a nats-server restart."""
-    return await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
-        connect_timeout=5,
-        allow_reconnect=True,
-    )
+    """Connect, as the user `url` names if any, with reconnects that outlast a
+    nats-server restart; raises CredentialsRefused at once when the server refuses the
+    credentials (an unreachable server is waited for)."""
+    nc = Client()
+
+    async def on_error(exc: Exception) -> None:
+        if nc.is_connecting and "authorization violation" in str(exc).lower():
+            raise CredentialsRefused(f"nats-server refused the credentials of {name}: {exc}")
+        log.warning("nats_error", connection=name, error=str(exc))
+
+    # As a dict: nats-py annotates reconnect_time_wait as int, though it takes seconds.
+    options: dict[str, Any] = {
+        "name": name,
+        "error_cb": on_error,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 5,
+        "allow_reconnect": True,
+        # A drain waits for every subscription's queue to be worked off, and nats-py's
+        # fetch never marks the messages it takes as done: a pull subscription still
+        # open at shutdown would hold the drain for its whole timeout (30 s by default)
+        # while the process, stopping, serves nothing.
+        "drain_timeout": DRAIN_TIMEOUT_S,
+        "inbox_prefix": inbox_prefix(urlsplit(url).username),
+    }
+    try:
+        await nc.connect(url, **options)
+    except CredentialsRefused:
+        await nc.close()
+        raise
+    return nc
 
 
 async def close(nc: Client) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
+import nats.errors
 import structlog
 
 if TYPE_CHECKING:
@@ -18,11 +20,11 @@ log = structlog.get_logger(__name__)
 
 
 class Responder:
-    """Answers requests on `subject` with `answer(request_data)`; replicas in the same
-    queue group share the requests. A slow answer never holds up the others."""
+    """Answers requests on `subject` with `answer(request)`; replicas in the same queue
+    group share the requests. A slow answer never holds up the others."""
 
     def __init__(
-        self, nc: Client, subject: str, queue: str, answer: Callable[[bytes], Awaitable[bytes]]
+        self, nc: Client, subject: str, queue: str, answer: Callable[[Msg], Awaitable[bytes]]
     ) -> None:
         self._nc = nc
         self._subject = subject
@@ -48,4 +50,7 @@ class Responder:
         task.add_done_callback(self._tasks.discard)
 
     async def _respond(self, msg: Msg) -> None:
-        await msg.respond(await self._answer(msg.data))
+        answer = await self._answer(msg)
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):  # the asker is gone: it asks again
+                await msg.respond(answer)

@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     home: Path = Path(".qgjob")
     nats_url: str | None = None
     """None: start the embedded nats-server under `home`."""
+    agent_nats_url: str | None = None
+    """Where agents connect (with agent credentials: `nats://user:password@host:port`);
+    None: at `nats_url`, or as the local agent user of the embedded server it names."""
     database_url: str | None = None
     """None: start the embedded PostgreSQL under `home`."""
     api_host: str = "127.0.0.1"
@@ -120,6 +123,7 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
     return Settings(
         home=Path(env.get("QG_HOME", str(defaults.home))),
         nats_url=env.get("QG_NATS_URL") or None,
+        agent_nats_url=env.get("QG_AGENT_NATS_URL") or None,
         database_url=env.get("QG_DATABASE_URL") or None,
         api_host=env.get("QG_API_HOST", defaults.api_host),
         api_port=port,

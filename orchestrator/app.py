@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from infra import connections, embedded
+from infra import append_gate, connections, embedded
 from infra import nats as qnats
 from infra.eventlog import EventLog
 from orchestrator import auth, http
-from orchestrator.claims import claim_server
+from orchestrator.claims import ClaimService, claim_server
 from orchestrator.ratelimit import RateLimiter
 from orchestrator.service import JobService
 from orchestrator.sweeper import LostAgentSweeper
@@ -33,9 +33,18 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         nc, pool = conns.nc, conns.pool
         events = EventLog(conns.nc)
         service = JobService(events, pool)
-        claims = claim_server(nc, service)
+        claims = claim_server(
+            nc, ClaimService(events, pool, settings.max_attempts, settings.backoff)
+        )
         await claims.start()
         stack.push_async_callback(claims.stop)
+        # Agents store events, heartbeats and logs only through the gate, which checks
+        # them, and bind to the registry, which they may not create: both are ready
+        # before the API answers, so that agents started once it does find them.
+        gate = append_gate.AppendGate(nc)
+        await gate.start()
+        stack.push_async_callback(gate.stop)
+        registry = await qnats.registry(conns.js, settings.agent_ttl_s)
         tokens = auth.TokenRegistry(conns.js)
         await tokens.start()
         stack.push_async_callback(tokens.stop)
@@ -50,7 +59,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         sweeper = LostAgentSweeper(
             events,
             pool,
-            await qnats.registry(conns.js, settings.agent_ttl_s),
+            registry,
             settings.max_attempts,
             interval_s=settings.agent_ttl_s / 2,
             backoff=settings.backoff,

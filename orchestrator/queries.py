@@ -89,6 +89,16 @@ async def pending_in_batch(
     return [lifecycle.from_row(r) for r in rows]
 
 
+async def held_by(conn: db.Connection, agent_id: str) -> list[lifecycle.JobState]:
+    """The jobs an agent holds (assigned to it, or running on it)."""
+    rows = await conn.fetch(
+        "SELECT * FROM jobs WHERE status IN ('assigned', 'running') AND agent_id = $1"
+        " ORDER BY priority DESC, submit_seq",
+        agent_id,
+    )
+    return [lifecycle.from_row(r) for r in rows]
+
+
 async def unfinished_jobs(conn: db.Connection, match: api.CancelMany) -> list[str]:
     """Ids of the jobs not in a final state that match every field given."""
     clauses = ["status <> ALL($1)"]

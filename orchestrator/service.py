@@ -1,4 +1,5 @@
-"""The orchestrator's commands: submit, read, cancel and claim, each a guarded append."""
+"""The orchestrator's commands: submit, read and cancel, each a guarded append (claims:
+`orchestrator.claims`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from infra import api, lifecycle, rpc
+from infra import api, lifecycle
 from infra import events as ev
 from infra import logging as qlogging
 from infra.eventlog import Append, ConcurrencyConflict, EventLog
@@ -18,11 +19,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-CLAIM_LIMIT = 8
-"""Jobs one claim assigns. The agent claims again once it has run them, so a job of
-higher priority that joined the batch meanwhile runs next, agents sharing a split batch
-take its jobs in turns, and an agent preempted between tests has little to give back."""
-CLAIM_CATCH_UP_S = 5.0
+CATCH_UP_S = 5.0
+"""How long a cancel of many jobs waits for the read model to reach the last job event."""
 _CANCEL_ATTEMPTS = 5
 
 
@@ -106,7 +104,7 @@ class JobService:
         first brought up to the last job event, so a job submitted just before is found."""
         last = await self._events.last(ev.JOB_EVENT_SUBJECTS)
         caught_up = await queries.wait_for_checkpoint(
-            self._pool, queries.JOBS_PROJECTION, last[0] if last else 0, CLAIM_CATCH_UP_S
+            self._pool, queries.JOBS_PROJECTION, last[0] if last else 0, CATCH_UP_S
         )
         if not caught_up:
             raise TimeoutError("the jobs read model is behind the event log")
@@ -124,52 +122,3 @@ class JobService:
             return await self.cancel(job_id)
         except domain.JobFinished:
             return None
-
-    async def claim(self, request: rpc.ClaimRequest) -> rpc.ClaimResponse:
-        """Assign the batch's next pending jobs to the asking agent and record that it works
-        the batch (`BatchClaimed`); when there are none, record that the agent's ticket is
-        spent (`BatchDrained`) so the grouping projector can issue the next."""
-        caught_up = await queries.wait_for_checkpoint(
-            self._pool, queries.JOBS_PROJECTION, request.as_of_seq, CLAIM_CATCH_UP_S
-        )
-        if not caught_up:
-            return rpc.ClaimResponse(jobs=[], error="read model is behind; try again")
-        async with self._pool.acquire() as conn:
-            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
-        assigned = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
-        jobs = [job for job in assigned if job is not None]
-        outcome: ev.BatchClaimed | ev.BatchDrained = (
-            ev.BatchClaimed(
-                at=ev.utcnow(),
-                batch_id=request.batch_id,
-                ticket=request.ticket,
-                agent_id=request.agent_id,
-                jobs=len(jobs),
-            )
-            if jobs
-            else ev.BatchDrained(
-                at=ev.utcnow(),
-                batch_id=request.batch_id,
-                ticket=request.ticket,
-                agent_id=request.agent_id,
-            )
-        )
-        await self._events.append(outcome)
-        log.info(
-            "batch_claimed",
-            batch_id=request.batch_id,
-            agent_id=request.agent_id,
-            jobs=len(jobs),
-            ticket=request.ticket,
-        )
-        return rpc.ClaimResponse(jobs=jobs)
-
-    async def _assign(
-        self, state: lifecycle.JobState, agent_id: ev.AgentId
-    ) -> rpc.ClaimedJob | None:
-        event = domain.assign(state, agent_id, ev.utcnow())
-        try:
-            appended = await self._events.append(event, expected_seq=state.version)
-        except ConcurrencyConflict:
-            return None  # cancelled or taken since the read model saw it
-        return rpc.ClaimedJob(state=lifecycle.evolve(state, event, appended.seq))

@@ -23,7 +23,7 @@ from nats.js import api
 from infra import events as ev
 from infra import settings
 from projections.dispatch import Grouping
-from projections.runner import decode_batch, fetch_timed_out
+from projections.runner import decode_batch, fetch_ready, fetch_timed_out
 
 if TYPE_CHECKING:
     import asyncio
@@ -134,7 +134,7 @@ class GroupingProjector:
                 if live:
                     await self._decide(ev.utcnow())
                 try:
-                    msgs = await sub.fetch(1000, timeout=TICK_S)
+                    msgs = await fetch_ready(sub, 1000, wait_s=TICK_S)
                 except (TimeoutError, nats.errors.TimeoutError):
                     fetch_timed_out()  # raises if this task is being cancelled
                     continue

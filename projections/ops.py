@@ -14,6 +14,7 @@ from projections.rebuild import RebuildError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
     from projections.rebuild import Rebuilder
 
@@ -25,9 +26,9 @@ _request_decoder = msgspec.json.Decoder(rpc.OpsRequest)
 def ops_server(nc: Client, rebuilder: Rebuilder) -> Responder:
     """Serves `qg.rpc.ops` in the projectors' queue group: one process takes each request."""
 
-    async def answer(data: bytes) -> bytes:
+    async def answer(request: Msg) -> bytes:
         try:
-            response = await rebuilder.handle(_request_decoder.decode(data))
+            response = await rebuilder.handle(_request_decoder.decode(request.data))
         except (msgspec.DecodeError, RebuildError) as exc:
             response = rpc.OpsResponse(error=str(exc))
         except Exception as exc:

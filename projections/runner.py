@@ -88,6 +88,24 @@ def decode_batch(
     return events, last
 
 
+async def fetch_ready(
+    sub: JetStreamContext.PullSubscription, limit: int, wait_s: float
+) -> list[Msg]:
+    """Up to `limit` messages as soon as there is one: waits up to `wait_s` for the
+    first, then takes the ones the consumer already has for us. A plain
+    `fetch(limit, timeout)` returns only once `limit` messages came or its pull request
+    expired (nats-py collects until then), so a consumer following a quiet stream would
+    see each event up to `wait_s` late. Raises TimeoutError when nothing came."""
+    msgs = await sub.fetch(1, timeout=wait_s)
+    ready = min(msgs[-1].metadata.num_pending, limit - len(msgs))
+    if ready > 0:
+        try:
+            msgs += await sub.fetch(ready, timeout=wait_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            msgs += fetch_timed_out()  # taken by a purge meanwhile; the first ones stand
+    return msgs
+
+
 def fetch_timed_out() -> list[Msg]:
     """What a fetch that timed out gives: nothing, unless the task is being cancelled.
     nats-py's `fetch` can turn a cancellation into a TimeoutError; a loop that shrugged
@@ -163,7 +181,7 @@ class ProjectionRunner:
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
-            return await sub.fetch(self._batch_size, timeout=1.0)
+            return await fetch_ready(sub, self._batch_size, wait_s=1.0)
         except (TimeoutError, nats.errors.TimeoutError):
             return fetch_timed_out()
 
@@ -171,8 +189,11 @@ class ProjectionRunner:
         """Apply events until `stop` is set; with `catch_up`, return once every event
         stored when the call began has been applied (a replay).
 
-        The next batch is fetched while the current one is written to PostgreSQL. A fetch
-        in flight is awaited, never cancelled: it ends by itself within its timeout.
+        After a full batch (catching up), the next one is fetched while the current one
+        is written to PostgreSQL. Following the stream live, the next fetch waits for the
+        write instead, so the events that arrive meanwhile make one transaction, not one
+        each: a busy stream gets bigger batches, not a longer queue. A fetch in flight is
+        awaited, never cancelled: it ends by itself within its timeout.
         """
         sub = await self._subscribe()
         if catch_up and (await sub.consumer_info()).num_pending == 0:
@@ -187,10 +208,13 @@ class ProjectionRunner:
                 )
                 if self._until is not None and msgs:
                     done = done or msgs[-1].metadata.sequence.stream >= self._until
-                fetching = None if done else asyncio.ensure_future(self._fetch(sub))
+                full = len(msgs) >= self._batch_size
+                fetching = asyncio.ensure_future(self._fetch(sub)) if full and not done else None
                 if msgs:
                     await self._apply(msgs)
                     await msgs[-1].ack()
+                if fetching is None and not done:
+                    fetching = asyncio.ensure_future(self._fetch(sub))
         finally:
             if fetching is not None:
                 await asyncio.wait([fetching])

@@ -143,10 +143,11 @@ async def running_stack(
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Start the components (with `overrides` of their Settings), wait for the API,
-    yield; stop them all on exit."""
+    yield; on exit stop the agents, then the rest (the agents record their goodbyes
+    through the orchestrator's append gate)."""
     port = embedded.free_port()
     config = msgspec.structs.replace(settings.Settings(), api_port=port, **overrides)
-    stop = asyncio.Event()
+    stop, stop_agents = asyncio.Event(), asyncio.Event()
     tasks = [
         asyncio.create_task(orchestrator_app.run(config, servers, stop)),
         asyncio.create_task(projections_app.run(config, servers, stop)),
@@ -156,10 +157,15 @@ async def running_stack(
         stack = Stack(f"http://127.0.0.1:{port}", session)
         async with asyncio.timeout(30):
             await stack.wait_healthy(partial(_raise_if_died, tasks))
+        agent_tasks: list[asyncio.Task[None]] = []
         if agents:
-            tasks.append(asyncio.create_task(agent_app.run(servers, agents, stop)))
+            agent_tasks.append(asyncio.create_task(agent_app.run(servers, agents, stop_agents)))
         try:
             yield stack
         finally:
-            stop.set()
-            await asyncio.gather(*tasks)
+            stop_agents.set()
+            try:
+                await asyncio.gather(*agent_tasks)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)

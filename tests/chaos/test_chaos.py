@@ -23,7 +23,7 @@ import pytest
 from infra import embedded
 from infra import nats as qnats
 from tests.chaos import cluster, readmodels, workload
-from tests.chaos.history import Audit, History, Unfinished, audit
+from tests.chaos.history import Audit, History, audit
 from tests.chaos.strikes import Striker, Victim
 
 if TYPE_CHECKING:
@@ -69,38 +69,13 @@ def _seed(default: int) -> int:
     return int(os.environ.get("QG_CHAOS_SEED", default))
 
 
-def _defect(
-    scenario: Scenario, raises: type[Exception], reason: str, *, every_run: bool = True
-) -> object:
-    """A scenario that shows a known production defect until it is fixed; `raises` names
-    the failure it causes, so that any other failure still fails the test. A defect that
-    needs an unlucky moment (`every_run=False`) may pass without being fixed."""
-    mark = pytest.mark.xfail(strict=every_run, raises=raises, reason=f"defect: {reason}")
-    return pytest.param(scenario, marks=mark)
-
-
 SCENARIOS = [
     Scenario(Victim.AGENT, _seed(1), downtime_s=(0.1, 1.0)),
     Scenario(Victim.AGENT, _seed(6), fresh_agent_ids=True),
     Scenario(Victim.ORCHESTRATOR, _seed(2)),
     Scenario(Victim.PROJECTOR, _seed(3)),
-    _defect(
-        Scenario(Victim.NATS, _seed(4)),
-        Unfinished,
-        "jobs whose claim reply (or whose agent's append) was lost with the server stay "
-        "assigned to a live agent that does not know it holds them; in about one run in "
-        "five, and every time in test_stalled_claim.py",
-        every_run=False,
-    ),
-    _defect(
-        Scenario(Victim.POSTGRES, _seed(5)),
-        readmodels.NotSettled,
-        "when a read-model projector crashes (PostgreSQL gone), the TaskGroup's cancellation "
-        "of the grouping projector can be lost inside nats-py's fetch (it surfaces as a fetch "
-        "timeout, which the loop retries while `stop` is unset): the projector process "
-        "neither works nor exits; in about one run in four",
-        every_run=False,
-    ),
+    Scenario(Victim.NATS, _seed(4)),
+    Scenario(Victim.POSTGRES, _seed(5)),
 ]
 
 

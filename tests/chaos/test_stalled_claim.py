@@ -4,7 +4,8 @@ server, or came after the agent stopped waiting). The agent lives on, heartbeati
 
 The moment is made certain by freezing the orchestrator (SIGSTOP) from the agent's
 first claim request until that request has timed out, then letting it go (SIGCONT): it
-then answers the stale request. The jobs must still reach their verdicts.
+then answers the stale request. The jobs must still reach their verdicts: the agent asks
+again with the same ticket, and a claim gives an agent back the jobs it already holds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from infra import embedded
 from infra import events as ev
 from infra import nats as qnats
 from tests.chaos import cluster, workload
-from tests.chaos.history import History, Unfinished, audit
+from tests.chaos.history import History, audit
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,12 +42,6 @@ SUBMIT_TIMEOUT_S = 30.0
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=Unfinished,
-    reason="defect: jobs a claim assigned to an agent that never got the answer stay "
-    "assigned to it for as long as it heartbeats (no lease, no reconciliation)",
-)
 async def test_a_claim_answered_after_the_agent_gave_up_strands_no_job(
     chaos_nats: RestartableNats,
     chaos_database: str,

@@ -124,10 +124,9 @@ async def test_an_urgent_job_starts_when_the_current_test_ends_not_the_whole_bat
         "tests/hot.spec.js",
         *(f"tests/s{i}.spec.js" for i in range(1, 5)),
     ]
-    given_back = views[1:5]
-    assert all(v.attempt == 1 and "job.released" in v.events for v in given_back), (
-        "the jobs given back waited without an attempt counted"
-    )
+    waited = views[1:5]  # given back unstarted, or still queued when the claim was made
+    assert any("job.released" in v.events for v in waited), "nothing was given back"
+    assert all(v.attempt == 1 for v in waited), "a job given back had an attempt counted"
     assert {v.status for v in views} == {"passed"}
     assert per_build == {"slow": 1, "hot": 1}, "the agent came back to the build it had"
 

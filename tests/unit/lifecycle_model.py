@@ -130,6 +130,11 @@ class JobsTable:
             ]
             ready.sort(key=lambda r: (-r["priority"], r["submit_seq"]))
             return [dict(r) for r in ready[:limit]]
+        if "WHERE status IN ('assigned', 'running') AND agent_id = $1" in sql:
+            held = [r for r in self.rows.values() if r["status"] in ("assigned", "running")]
+            held = [r for r in held if r["agent_id"] == args[0]]
+            held.sort(key=lambda r: (-r["priority"], r["submit_seq"]))
+            return [dict(r) for r in held]
         if "WHERE status IN ('assigned', 'running')" in sql:
             return [dict(r) for r in self.rows.values() if r["status"] in ("assigned", "running")]
         if "WHERE status = 'errored' AND finished_at < $1" in sql:

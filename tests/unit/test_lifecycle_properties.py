@@ -3,7 +3,7 @@ installs, verdicts, infrastructure errors with retry backoff, pauses, crashes, l
 sweeps and stale replays, checked against the real fold, decisions, projection and
 grouping.
 
-The orchestrator side runs for real (`JobService.submit/cancel/claim`,
+The orchestrator side runs for real (`JobService.submit/cancel`, `ClaimService.claim`,
 `LostAgentSweeper.sweep`, `requeue.error_job`, `JobsProjection`, `Grouping`) on the
 in-memory infrastructure of `lifecycle_model`, with a model clock as `ev.utcnow`. Agents
 are modelled step by step after `agent.worker.Agent`: claim, install once, start, then a
@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from unittest import mock
 
 import msgspec
-import pytest
 from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -53,7 +52,7 @@ from infra import events as ev
 from infra import nats as qnats
 from infra.eventlog import Append, ConcurrencyConflict
 from infra.events import JobStatus
-from orchestrator import domain, service, sweeper
+from orchestrator import claims, domain, service, sweeper
 from projections.grouping import Grouping
 from projections.jobs import JobsProjection
 from tests.unit import lifecycle_model as model
@@ -116,10 +115,13 @@ class AgentModel:
     must_install: bool = False
     running: lifecycle.JobState | None = None
     installed: set[tuple[str, str, str]] = field(default_factory=set)
+    written: int = 0
+    """The last stream sequence of a job event it appended (`EventLog.last_job_seq`)."""
 
     def forget(self) -> None:
         self.ticket, self.claimed, self.must_install, self.running = None, [], False, None
         self.installed.clear()
+        self.written = 0
 
 
 def install_key(ticket: ev.WorkTicket) -> tuple[str, str, str]:
@@ -199,7 +201,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         # Every writer reads the model clock; nothing else moves during a step, so a claim
         # either finds the read model caught up or times out at once instead of sleeping.
         self._patches.enter_context(mock.patch.object(ev, "utcnow", self.clock.now))
-        self._patches.enter_context(mock.patch.object(service, "CLAIM_CATCH_UP_S", 0.0))
+        self._patches.enter_context(mock.patch.object(claims, "CLAIM_CATCH_UP_S", 0.0))
         try:
             self._start()
         except BaseException:
@@ -214,6 +216,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.grouping = Grouping()
         pool = cast("db.Pool", model.MemoryPool(self.table))
         self.service = service.JobService(self.log, pool)
+        self.claim_service = claims.ClaimService(self.log, pool, MAX_ATTEMPTS, BACKOFF)
         self.sweeper = sweeper.LostAgentSweeper(
             self.log,
             pool,
@@ -230,6 +233,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.job_ids: list[str] = []
         self.last_job_seq = 0
         self.log.listeners.append(self._on_append)
+        self.writer: AgentModel | None = None
+        """The agent whose step is appending, if one is."""
         self.agents = {a: AgentModel(ev.AgentId(a), t) for a, t in AGENT_TARGETS.items()}
         for agent in self.agents.values():
             self._register(agent)
@@ -261,6 +266,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert claim in self.claims, f"{event.agent_id} installed unclaimed {event.batch_id}"
         if isinstance(event, ev.JobEvent):
             self.last_job_seq = seq
+        if self.writer is not None and isinstance(event, ev.JobEvent):
+            self.writer.written = seq
         for ticket in self.grouping.apply(seq, event):
             self.queue.publish(ticket)
 
@@ -338,6 +345,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _work(self, a: AgentModel, outcome: Outcome) -> bool:
         """One step of `Agent._work_batch`; False when the agent had nothing to do. A
         crashed agent's next step is its supervisor restarting it, when it may."""
+        self.writer = a
+        try:
+            return self._step(a, outcome)
+        finally:
+            self.writer = None
+
+    def _step(self, a: AgentModel, outcome: Outcome) -> bool:
         if not a.up:
             return self._restart(a.agent_id)
         if a.running is not None:
@@ -412,18 +426,21 @@ class LifecycleMachine(RuleBasedStateMachine):
             agent_id=a.agent_id,
             batch_id=ticket.batch_id,
             ticket=ticket.ticket,
-            as_of_seq=ticket.as_of_seq,
+            as_of_seq=max(ticket.as_of_seq, a.written),
         )
-        response = self._run(self.service.claim(request))
+        writer, self.writer = self.writer, None  # the claim service writes, not the agent
+        try:
+            response = self._run(self.claim_service.claim(request))
+        finally:
+            self.writer = writer
         return msgspec.json.decode(msgspec.json.encode(response), type=rpc.ClaimResponse)
 
     def _claim(self, a: AgentModel) -> None:
         ticket = cast("ev.WorkTicket", a.ticket)
         response = self._claim_rpc(a)
         if response.error is not None:
-            self.queue.nak(ticket, a.agent_id)  # try the ticket again later
-            a.ticket = None
-        elif not response.jobs:
+            return  # the agent keeps the ticket and asks again
+        if not response.jobs:
             self.queue.ack(ticket)  # spent: the claim recorded BatchDrained
             a.ticket = None
         else:
@@ -598,12 +615,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(agent=agents)
     @step
     def claim_reply_lost(self, agent: str) -> None:
-        """The claim assigns, but its reply never reaches the agent (request timeout)."""
+        """The claim assigns, but its reply never reaches the agent (request timeout); the
+        agent keeps the ticket and asks again."""
         a = self.agents[agent]
         if a.up and a.ticket is not None and not a.claimed and a.running is None:
             self._claim_rpc(a)
-            self.queue.nak(a.ticket, agent)
-            a.ticket = None
 
     # -- invariants -----------------------------------------------------------------------
 
@@ -734,14 +750,25 @@ def test_an_agent_restarted_before_its_key_expired_does_not_strand_its_jobs() ->
     run_state_machine_as_test(RestartBeforeSweepMachine, settings=DEFECT_SETTINGS)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="defect: jobs assigned by a claim whose reply is lost stay with a live agent "
-    "that does not know them",
-)
-def test_a_lost_claim_reply_strands_the_assigned_jobs() -> None:
+def test_a_lost_claim_reply_strands_no_job() -> None:
     run_state_machine_as_test(LostClaimReplyMachine, settings=DEFECT_SETTINGS)
+
+
+def test_a_claim_asked_again_gets_back_the_jobs_whose_answer_was_lost() -> None:
+    """Spelled out too: the lost answer, then the agent asking again once the read model
+    shows the jobs assigned to it, and again before it does."""
+    for caught_up in (True, False):
+        machine = LostClaimReplyMachine()
+        try:
+            machine.submit([(ev.Target.EMULATOR, "v1", 3, 0), (ev.Target.EMULATOR, "v1", 3, 0)])
+            machine.agents_work(["a1"], [Outcome.OK], True, 0.0)  # takes the ticket
+            machine.claim_reply_lost("a1")
+            machine.agents_work(["a1"], [Outcome.OK] * 6, caught_up, 0.0)
+            finished = [s for s in machine.truth.values() if s.status is JobStatus.PASSED]
+            assert len(finished) == 2, "the agent did not get its jobs back"
+            assert {s.agent_id for s in finished} == {"a1"}
+        finally:
+            machine.teardown()
 
 
 def test_a_writer_dying_between_errored_and_requeue_does_not_strand_the_job() -> None:
