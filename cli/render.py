@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infra import api, rpc
+from infra.api import BACKOFF_BAND
 from infra.events import TERMINAL_STATUSES, JobStatus, utcnow
 
 PIPE_WIDTH = 200
@@ -166,15 +167,39 @@ def progress_line(jobs: Sequence[api.JobView]) -> Text:
 
 
 def queue_view(queue: api.QueueView) -> RenderableType:
-    """Pending jobs per target and band, the open batches, and how many jobs run."""
-    bands = _table("target", "priority", "pending", "oldest wait", title="pending jobs")
+    """Per target and dispatch band: queued jobs, batches, orgs and the oldest wait; the
+    open batches with their band and the agents on them; how many jobs run."""
+    aging = queue.aging_interval_s
+    bands = _table(
+        *("target", "band", "pending", "batches", "orgs", "oldest wait"),
+        title=f"queued, by dispatch band ({aging_note(aging)})",
+    )
     for band in queue.bands:
         bands.add_row(
-            band.target.value, str(band.priority), str(band.pending), _ago(band.oldest_submitted_at)
+            band.target.value,
+            band_name(band.band),
+            str(band.pending),
+            str(band.batches),
+            ", ".join(band.orgs),
+            _ago(band.oldest_queued_at),
         )
     batches = _batches_table(queue.open_batches, short_ids=True, title="open batches")
     running = Text(f"running: {queue.running} job(s)")
     return Group(bands, Text(), batches, Text(), running)
+
+
+def band_name(band: int | None) -> str:
+    """`5` ... `1`; `backoff` while every queued job waits for its retry backoff."""
+    if band is None:
+        return _NONE
+    return "backoff" if band == BACKOFF_BAND else str(band)
+
+
+def aging_note(aging_interval_s: float | None) -> str:
+    """`one band up per 2m waited`, or `no aging`."""
+    if aging_interval_s is None:
+        return "no aging"
+    return f"one band up per {duration(aging_interval_s)} waited"
 
 
 def batches_view(page: api.BatchPage) -> RenderableType:
@@ -185,13 +210,17 @@ def batches_view(page: api.BatchPage) -> RenderableType:
 def _batches_table(
     batches: Sequence[api.BatchView], *, short_ids: bool, title: str | None = None
 ) -> Table:
+    """Batches and their jobs; batches of the queue also show their band and the agents
+    working on them (instead of the last agent)."""
+    queued = bool(batches) and all(isinstance(b, api.QueueBatch) for b in batches)
     table = _table(
         *("batch", "org", "app version", "target", "jobs", "pend", "active", "pass", "fail"),
-        *("other", "inst", "pri", "last agent"),
+        *("other", "inst", "pri"),
+        *(("band", "agents") if queued else ("last agent",)),
         title=title,
     )
     for batch in batches:
-        table.add_row(
+        cells = [
             batch.batch_id[:9] if short_ids else batch.batch_id,
             batch.org_id,
             batch.app_version_id,
@@ -204,8 +233,12 @@ def _batches_table(
             str(batch.other),
             str(batch.installs),
             _NONE if batch.top_priority is None else str(batch.top_priority),
-            batch.last_agent_id or _NONE,
-        )
+        ]
+        if isinstance(batch, api.QueueBatch):
+            cells += [band_name(batch.band), ", ".join(batch.agents) or _NONE]
+        else:
+            cells.append(batch.last_agent_id or _NONE)
+        table.add_row(*cells)
     return table
 
 

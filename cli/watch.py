@@ -131,12 +131,18 @@ def screen(
 
 
 def bands_table(bands: Sequence[api.QueueBand], now: datetime) -> RenderableType:
-    """Pending jobs and the oldest wait per target and priority band."""
+    """Queued jobs, batches and the oldest wait per target and dispatch band."""
     if not bands:
         return Text("pending jobs: none", style="dim")
-    table = _table("target", "pri", "pending", "oldest wait", title="pending jobs")
+    table = _table("target", "band", "pending", "batches", "oldest wait", title="pending jobs")
     for band in bands:
-        table.add_row(band.target.value, str(band.priority), str(band.pending), _wait(band, now))
+        table.add_row(
+            band.target.value,
+            render.band_name(band.band),
+            str(band.pending),
+            str(band.batches),
+            _wait(band, now),
+        )
     return table
 
 
@@ -156,23 +162,25 @@ def agents_table(agents: Sequence[api.AgentView]) -> RenderableType:
     return table
 
 
-def batches_table(batches: Sequence[api.BatchView]) -> RenderableType:
-    """Open batches: whose build, on which target, how far along, and their last agent."""
+def batches_table(batches: Sequence[api.QueueBatch]) -> RenderableType:
+    """Open batches: whose build, on which target, in which band, how far along, and the
+    agents working on them."""
     if not batches:
         return Text("open batches: none", style="dim")
-    headers = ("batch", "org", "app version", "target", "pend", "act", "pass", "fail", "agent")
-    table = _table(*headers, title="open batches")
+    headers = ("batch", "org", "app version", "target", "band", "pend", "act", "pass", "fail")
+    table = _table(*headers, "agents", title="open batches")
     for batch in batches:
         table.add_row(
             _short(batch.batch_id),
             Text(batch.org_id),
             Text(batch.app_version_id),
             batch.target.value,
+            render.band_name(batch.band),
             str(batch.pending),
             str(batch.active),
             str(batch.passed),
             Text(str(batch.failed), style="bold red" if batch.failed else ""),
-            Text(batch.last_agent_id or _NONE),
+            Text(", ".join(batch.agents) or _NONE),
         )
     return table
 
@@ -238,5 +246,5 @@ def _short(batch_id: str | None) -> Text:
 
 def _wait(band: api.QueueBand, now: datetime) -> str:
     """How long the band's oldest job has waited, coarsely: `42s`, `5m`, `3h`, `2d`."""
-    oldest = band.oldest_submitted_at
+    oldest = band.oldest_queued_at
     return _NONE if oldest is None else render.age(oldest, now)

@@ -164,17 +164,47 @@ class BatchPage(msgspec.Struct, frozen=True, kw_only=True):
     batches: list[BatchView]
 
 
+BACKOFF_BAND = 0
+"""The band of a batch whose queued jobs all wait for their retry backoff to end."""
+
+
 class QueueBand(msgspec.Struct, frozen=True, kw_only=True):
+    """What waits in one dispatch band of one target: the batches an agent taking from
+    that band would be given, and their queued jobs."""
+
     target: Target
-    priority: int
+    band: int
+    """A batch's highest priority among jobs that may run now, raised one band per aging
+    interval they have waited (up to 5); not raised while an agent works the batch.
+    `BACKOFF_BAND` (0): none of its queued jobs may run yet."""
     pending: int
-    oldest_submitted_at: datetime | None = None
+    """Queued jobs of the band's batches (their jobs of every priority)."""
+    batches: int
+    """Open batches dispatched in this band."""
+    orgs: list[str]
+    """Orgs with batches in this band."""
+    oldest_queued_at: datetime | None = None
+    """When the longest-waiting of those jobs started waiting."""
+
+
+class QueueBatch(BatchView, frozen=True, kw_only=True):
+    """An open batch as the queue shows it: the band it is dispatched in and the agents
+    working on it."""
+
+    band: int | None = None
+    """As in `QueueBand`; None when none of its jobs is queued."""
+    agents: list[str] = []
+    """Agents holding its jobs (assigned or running)."""
 
 
 class QueueView(msgspec.Struct, frozen=True, kw_only=True):
     bands: list[QueueBand]
-    open_batches: list[BatchView]
+    """Highest band first; per band, targets in name order."""
+    open_batches: list[QueueBatch]
+    """Highest band first, then those only being worked on; oldest first within."""
     running: int
+    aging_interval_s: float | None = None
+    """Waiting this long raises a batch one band; None: no aging."""
 
 
 class AgentView(msgspec.Struct, frozen=True, kw_only=True):

@@ -49,7 +49,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         await tokens.start()
         stack.push_async_callback(tokens.stop)
         limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-        app = http.create_app(service, pool, nc, tokens, limiter)
+        app = http.create_app(service, pool, nc, tokens, limiter, settings.scheduling)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from infra import api, db
+from infra import api, db, settings
 from orchestrator.auth import TokenRegistry
 from orchestrator.service import JobService
 
@@ -17,6 +17,8 @@ POOL = web.AppKey("pool", db.Pool)
 NATS = web.AppKey("nats", Client)
 OPENAPI = web.AppKey("openapi", bytes)
 TOKENS = web.AppKey("tokens", TokenRegistry)
+SCHEDULING = web.AppKey("scheduling", settings.Scheduling)
+"""The grouping projector's policy: `GET /queues` shows bands by its aging interval."""
 STOPPING = web.AppKey("stopping", asyncio.Event)
 """Set when the server shuts down, so that long answers (a followed log) end."""
 TEXT = "text/plain"

@@ -18,6 +18,7 @@ from orchestrator.appstate import (
     NATS,
     OPENAPI,
     POOL,
+    SCHEDULING,
     SERVICE,
     STOPPING,
     TOKENS,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
     from infra import db
     from infra.events import Role
+    from infra.settings import Scheduling
     from orchestrator.ratelimit import RateLimiter
     from orchestrator.service import JobService
 
@@ -119,6 +121,7 @@ def create_app(
     nc: Client,
     tokens: auth.TokenRegistry,
     limiter: RateLimiter,
+    scheduling: Scheduling,
 ) -> web.Application:
     """The API app: every route of `ROUTES`, behind the latency, error and token
     middlewares."""
@@ -134,6 +137,7 @@ def create_app(
     app[POOL] = pool
     app[NATS] = nc
     app[TOKENS] = tokens
+    app[SCHEDULING] = scheduling
     app[STOPPING] = asyncio.Event()
     app.on_shutdown.append(_stop_long_answers)
     app[metrics.METRICS] = metrics.Metrics()

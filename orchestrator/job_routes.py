@@ -12,6 +12,7 @@ from orchestrator import domain, logs, queries
 from orchestrator.appstate import (
     NATS,
     POOL,
+    SCHEDULING,
     SERVICE,
     STOPPING,
     TEXT,
@@ -131,8 +132,9 @@ async def get_batches(request: web.Request) -> web.Response:
 
 async def get_queues(request: web.Request) -> web.Response:
     org_id, _ = _scope(request, None)
+    aging_s = request.app[SCHEDULING].aging_interval_s
     async with request.app[POOL].acquire() as conn:
-        return json_response(await queries.queue(conn, org_id))
+        return json_response(await queries.queue(conn, aging_s, org_id))
 
 
 async def get_agents(request: web.Request) -> web.Response:
@@ -214,7 +216,8 @@ JOB_ROUTES = (
         method="GET",
         path="/queues",
         handler=get_queues,
-        summary="Queued jobs per target and band, and the open batches",
+        summary="Queued jobs per target and dispatch band (priority raised by aging), and "
+        "the open batches with their band and the agents working on them",
         responses={200: api.QueueView},
     ),
     Route(

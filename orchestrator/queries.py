@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any
 
 import msgspec
 
 from infra import api, db, lifecycle
 from infra import events as ev
-from orchestrator import history
-
-if TYPE_CHECKING:
-    from datetime import datetime
+from orchestrator import history, queueview
 
 JOBS_PROJECTION = "jobs"
 _JOB_FILTERS = ("org_id", "app_version_id", "status", "target", "batch_id")
@@ -141,14 +139,9 @@ FROM batches b LEFT JOIN jobs j ON j.batch_id = b.batch_id
 """
 
 
-def _batch_view(row: Any) -> api.BatchView:
-    return msgspec.convert(dict(row), api.BatchView)
-
-
-async def list_batches(
-    conn: db.Connection, limit: int, open_only: bool = False, org_id: str | None = None
-) -> list[api.BatchView]:
-    """The most recently active batches (of one org, when given)."""
+async def _batch_rows(
+    conn: db.Connection, limit: int, open_only: bool, org_id: str | None
+) -> list[dict[str, Any]]:
     having = (
         "HAVING count(*) FILTER (WHERE j.status IN ('queued', 'assigned', 'running')) > 0"
         if open_only
@@ -160,31 +153,56 @@ async def list_batches(
         limit,
         org_id,
     )
-    return [_batch_view(r) for r in rows]
+    return [dict(row) for row in rows]
 
 
-async def pending_bands(conn: db.Connection, org_id: str | None = None) -> list[api.QueueBand]:
+async def list_batches(
+    conn: db.Connection, limit: int, org_id: str | None = None
+) -> list[api.BatchView]:
+    """The most recently active batches (of one org, when given)."""
+    rows = await _batch_rows(conn, limit, open_only=False, org_id=org_id)
+    return [msgspec.convert(row, api.BatchView) for row in rows]
+
+
+class PriorityDepth(msgspec.Struct, frozen=True, kw_only=True):
+    """Queued jobs of one target and priority, for `GET /metrics`."""
+
+    target: ev.Target
+    priority: int
+    pending: int
+    oldest_submitted_at: datetime | None = None
+
+
+async def pending_by_priority(conn: db.Connection) -> list[PriorityDepth]:
     """Queued jobs per target and priority, with the oldest submission of each."""
     rows = await conn.fetch(
         "SELECT target, priority, count(*) AS pending, min(submitted_at) AS oldest_submitted_at"
-        " FROM jobs WHERE status = 'queued' AND ($1::text IS NULL OR org_id = $1)"
-        " GROUP BY target, priority ORDER BY target, priority DESC",
-        org_id,
+        " FROM jobs WHERE status = 'queued' GROUP BY target, priority"
+        " ORDER BY target, priority DESC"
     )
-    return [msgspec.convert(dict(r), api.QueueBand) for r in rows]
+    return [msgspec.convert(dict(r), PriorityDepth) for r in rows]
 
 
-async def queue(conn: db.Connection, org_id: str | None = None) -> api.QueueView:
-    """What waits and what runs (of one org, when given)."""
-    running = await conn.fetchval(
-        "SELECT count(*) FROM jobs WHERE status IN ('assigned', 'running')"
-        " AND ($1::text IS NULL OR org_id = $1)",
-        org_id,
-    )
+async def queue(
+    conn: db.Connection, aging_interval_s: float | None, org_id: str | None = None
+) -> api.QueueView:
+    """What waits, in which band, and what runs where (of one org, when given)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        now = ev.utcnow()
+        waiting = await queueview.waiting(conn, now, org_id)
+        workers = await queueview.workers(conn, org_id)
+        rows = await _batch_rows(conn, limit=100, open_only=True, org_id=org_id)
+        running = await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE status IN ('assigned', 'running')"
+            " AND ($1::text IS NULL OR org_id = $1)",
+            org_id,
+        )
+    bands = queueview.bands_of(waiting, workers, now, aging_interval_s)
     return api.QueueView(
-        bands=await pending_bands(conn, org_id),
-        open_batches=await list_batches(conn, limit=100, open_only=True, org_id=org_id),
+        bands=queueview.band_rows(waiting, bands),
+        open_batches=queueview.open_batches(rows, bands, workers),
         running=running,
+        aging_interval_s=aging_interval_s,
     )
 
 
@@ -216,7 +234,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     """The read-model counts behind `GET /metrics`, read from one snapshot."""
 
     jobs: dict[ev.JobStatus, int]
-    bands: list[api.QueueBand]
+    bands: list[PriorityDepth]
     open_batches: int
     installs: list[Installs]
     agents: dict[str, int]
@@ -247,7 +265,7 @@ async def stats(conn: db.Connection) -> Stats:
         agents = await conn.fetch("SELECT status, count(*) AS n FROM agents GROUP BY status")
         return Stats(
             jobs={ev.JobStatus(r["status"]): r["n"] for r in jobs},
-            bands=await pending_bands(conn),
+            bands=await pending_by_priority(conn),
             open_batches=await conn.fetchval(
                 "SELECT count(DISTINCT batch_id) FROM jobs"
                 " WHERE status IN ('queued', 'assigned', 'running')"

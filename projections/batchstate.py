@@ -9,25 +9,24 @@ the most aged one, the band needs only those: ready jobs sit in one heap per pri
 oldest wait on top, so a submission or an assignment costs a heap operation, not a pass
 over the batch. Jobs in a retry backoff wait aside until an event at or after its end
 settles them. Time is an argument everywhere, so the fold that owns these states stays
-pure; waits are counted in whole microseconds so that the moment a band rises is exact.
+pure. The aging rule itself is `infra.bands`, shared with the queue view.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from infra import bands
+
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from infra import events as ev
 
-TOP_BAND = 5
 INSTALLED_ON = 3
 """Agents named as holding a batch's build: the hint need not be long to be useful."""
-_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass
@@ -71,8 +70,6 @@ class BatchState:
     """When a retry backoff ends or waiting raises its band next: the timer's cue."""
     installed_on: list[ev.AgentId] = field(default_factory=list)
     """The agents that installed its build last, latest last."""
-    unfinished: int = 0
-    """Jobs pending, assigned or running."""
     position: int = 0
     """Stream sequence of the last event that made one of its jobs pending: a ticket's
     `as_of_seq`. A claim reads the `jobs` read model, which must show the batch's
@@ -144,7 +141,7 @@ class BatchState:
     def band_at(self, now: datetime, aging_s: float | None) -> int:
         """The band its ready jobs call for at `now`; 0 when none may run."""
         interval = _interval(aging_s, self.worked)
-        return max((_aged(p, q, now, interval) for p, q in self._waits(now)), default=0)
+        return max((bands.aged(p, q, now, interval) for p, q in self._waits(now)), default=0)
 
     def next_review(self, now: datetime, aging_s: float | None, band: int) -> datetime | None:
         """The first moment after `now` at which a retry backoff ends or waiting raises
@@ -153,7 +150,7 @@ class BatchState:
         moments = [
             w.not_before for w in self._backoff.values() if w.not_before and not w.ready(now)
         ]
-        if interval is not None and band < TOP_BAND:
+        if interval is not None and band < bands.TOP_BAND:
             # A job's aged priority reaches band + 1 after band + 1 - priority intervals.
             moments += [q + interval * (band + 1 - p) for p, q in self._waits(now)]
         return min(moments, default=None)
@@ -165,13 +162,4 @@ class BatchState:
 
 
 def _interval(aging_s: float | None, worked: bool) -> timedelta | None:
-    if aging_s is None or worked:
-        return None
-    return timedelta(microseconds=round(aging_s * 1_000_000))
-
-
-def _aged(priority: int, queued_at: datetime, now: datetime, interval: timedelta | None) -> int:
-    if interval is None:
-        return priority
-    waited = max(0, (now - queued_at) // _MICROSECOND)
-    return min(TOP_BAND, priority + waited // (interval // _MICROSECOND))
+    return None if worked else bands.aging_step(aging_s)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
+from infra import bands, settings
 from infra import events as ev
-from infra import settings
 from projections import splits
 from projections.batchstate import BatchState, Pending
 from projections.fairness import Fairness
@@ -41,8 +41,6 @@ class Grouping:
         """Batches with tickets waiting in a queue."""
         self._reviews: dict[str, BatchState] = {}
         """Batches with a `review_at`."""
-        self._open: dict[str, BatchState] = {}
-        """Batches with unfinished jobs."""
         self.working: dict[ev.AgentId, BatchState] = {}
         """Agent -> the batch it works (claimed, not yet drained or yielded)."""
         self.agents: dict[ev.AgentId, tuple[ev.Target, ...]] = {}
@@ -66,8 +64,6 @@ class Grouping:
                     )
                 wait = Pending(event.priority, event.at)
                 self._jobs[event.job_id] = (batch, wait)
-                batch.unfinished += 1
-                self._open[batch.batch_id] = batch
                 return self._pend(event.job_id, wait, seq, event.at)
             case ev.JobRetried() if event.job_id in self._jobs:
                 batch, wait = self._jobs[event.job_id]
@@ -116,10 +112,6 @@ class Grouping:
     def _leave(self, job_id: str, at: datetime, *, finished: bool) -> list[ev.WorkTicket]:
         """The job is pending no more: assigned, or final (then forgotten)."""
         batch, _ = self._jobs.pop(job_id) if finished else self._jobs[job_id]
-        if finished:
-            batch.unfinished -= 1
-            if not batch.unfinished:
-                self._open.pop(batch.batch_id, None)
         if not batch.remove(job_id):
             return []
         return self._review(batch, at)  # a waiting batch left with nothing withdraws
@@ -165,7 +157,9 @@ class Grouping:
         limit = self.policy.max_busy(batch.org_id)
         if limit is not None:
             parts = min(parts, limit - self._busy()[batch.org_id])
-        band = max(batch.live.values())
+        # Sharing is for agents that come free: a band that would interrupt another
+        # batch (agents give theirs back for band 5 only) is not worth that.
+        band = min(max(batch.live.values()), bands.TOP_BAND - 1)
         return [self._issue(batch, band) for _ in range(max(0, parts))]
 
     # -- dispatch ------------------------------------------------------------------------
@@ -278,62 +272,35 @@ class Grouping:
         return decisions + self._splits(now)
 
     def _splits(self, now: datetime) -> list[ev.BatchDue | ev.BatchSplit]:
-        decisions: list[ev.BatchDue | ev.BatchSplit] = []
+        """Idle agents join the batches they make finish sooner (`projections.splits`)."""
         idle = self._idle()
-        capacity = self._capacity()
         workers: Counter[str] = Counter(batch.batch_id for batch in self.working.values())
-        remaining = self._remaining(workers)
-        live = {b.batch_id: b for b in [*self._offering.values(), *self.working.values()]}
-        for batch in live.values():
-            target = batch.target
+        shared: defaultdict[ev.Target, dict[str, splits.Worked]] = defaultdict(dict)
+        for batch in [*self._offering.values(), *self.working.values()]:
+            if batch.live:
+                shared[batch.target][batch.batch_id] = splits.Worked(
+                    batch.batch_id,
+                    batch.ready_count(now),
+                    workers[batch.batch_id] + len(batch.offered),
+                )
+        decisions: list[ev.BatchDue | ev.BatchSplit] = []
+        for target, batches in shared.items():
             install_s = self.durations.install_s.get(target)
             test_s = self.durations.test_s.get(target)
-            if not batch.live or install_s is None or test_s is None or not capacity[target]:
+            if idle[target] <= 0 or install_s is None or test_s is None:
                 continue
-            own = self._work(batch, workers[batch.batch_id] > 0)
-            decided = splits.split(
-                jobs=batch.unfinished,
-                workers=workers[batch.batch_id] + len(batch.offered),
-                installed=workers[batch.batch_id] > 0,
-                idle=max(0, idle[target]),
-                install_s=install_s,
-                test_s=test_s,
-                rest_s=(remaining[target] - own) / capacity[target],
-                agents=int(capacity[target]),
-            )
-            if decided is not None:
-                idle[target] -= decided.parts
-                decisions.append(
-                    ev.BatchSplit(
-                        at=now,
-                        batch_id=batch.batch_id,
-                        ticket=batch.ticket,
-                        parts=decided.parts,
-                        reason=decided.reason,
-                    )
+            joined = splits.share(list(batches.values()), idle[target], install_s, test_s)
+            decisions += [
+                ev.BatchSplit(
+                    at=now,
+                    batch_id=self.batches[batch_id].batch_id,
+                    ticket=self.batches[batch_id].ticket,
+                    parts=split.parts,
+                    reason=split.reason,
                 )
+                for batch_id, split in sorted(joined.items())
+            ]
         return decisions
-
-    def _work(self, batch: BatchState, worked: bool) -> float:
-        """Seconds of device time the batch still needs, by the observed durations."""
-        test_s = self.durations.test_s.get(batch.target, 0.0)
-        install_s = 0.0 if worked else self.durations.install_s.get(batch.target, 0.0)
-        return install_s + batch.unfinished * test_s
-
-    def _remaining(self, workers: Counter[str]) -> defaultdict[ev.Target, float]:
-        """Per target: seconds of device time its unfinished batches still need."""
-        remaining: defaultdict[ev.Target, float] = defaultdict(float)
-        for batch in self._open.values():
-            remaining[batch.target] += self._work(batch, workers[batch.batch_id] > 0)
-        return remaining
-
-    def _capacity(self) -> defaultdict[ev.Target, float]:
-        """Per target: registered agents serving it, one serving n targets counting 1/n."""
-        capacity: defaultdict[ev.Target, float] = defaultdict(float)
-        for targets in self.agents.values():
-            for target in targets:
-                capacity[target] += 1 / len(targets)
-        return capacity
 
     def _idle(self) -> Counter[ev.Target]:
         """Per target: agents serving it that work nothing and that no waiting ticket or

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict, deque
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from projections.batchstate import TOP_BAND
+from infra.bands import TOP_BAND
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

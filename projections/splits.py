@@ -1,17 +1,19 @@
 """When a batch should be shared by more agents: decided by expected finish time, from
 install and test durations observed per target.
 
-With `w` agents on a batch of `n` unfinished jobs of `t` seconds each, it finishes in
-about `n * t / w` seconds, plus an install of `i` seconds for agents that do not have
-the build. Each extra agent shortens that but installs the build once more, time the
-fleet spends on nothing else. So `m` extra agents are worth it when they minimise
-`finish(m) + m * i`: the batch finishes sooner by more than the installs cost. With
-installs 20 times a test, a batch nobody works yet splits in two from about 40 jobs.
+An idle agent (no batch of its targets waits for one) joins the batch that would finish
+soonest sooner with it: with `w` agents on a batch and `n` jobs of `t` seconds left to
+claim, the batch needs about `n * t / w` seconds more; with one more agent, which first
+installs the build (`i` seconds), `i + n * t / (w + 1)`. Joining is worth it when the
+second is shorter, `n * t > i * w * (w + 1)`: with installs 20 times a test, a second
+agent joins from 41 jobs left, a third from 121. Each idle agent in turn takes the
+batch it shortens most, so the fleet's last minutes are shared out instead of being one
+long batch on one device.
 
-The extra agents are those idle now, or, for a long pole (the batch alone would finish
-more than an install after the rest of its target's work), any agent serving the target:
-its extra tickets wait for agents as they come free, instead of the batch running alone
-at the end.
+Agents are only ever asked to share when they are idle now. A ticket issued ahead of
+time, for agents to take as they come free, is taken later than decided: often when
+the batch is nearly done (an install for a handful of jobs), or instead of a batch
+nobody works yet.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def _observe(means: dict[ev.Target, float], target: ev.Target, seconds: float) -
 
 
 @dataclass(frozen=True)
+class Worked:
+    """A batch more agents may share."""
+
+    batch_id: str
+    ready: int
+    """Jobs left to claim."""
+    agents: int
+    """Agents on it, or whose tickets for it wait."""
+
+
+@dataclass(frozen=True)
 class Split:
     """How many more agents, and why."""
 
@@ -53,34 +66,38 @@ class Split:
     reason: str
 
 
-def split(
-    jobs: int,
-    workers: int,
-    installed: bool,
-    idle: int,
-    install_s: float,
-    test_s: float,
-    rest_s: float = 0.0,
-    agents: int = 1,
-) -> Split | None:
-    """The extra agents for `jobs` unfinished jobs that `workers` agents work or will
-    (their tickets wait), `installed` when one of them works it already; with `idle`
-    agents free now, and `rest_s` the time the target's other work will keep its
-    `agents` busy. None when none are worth it."""
-    on_it = max(workers, 1)
+def sooner_s(jobs: int, agents: int, install_s: float, test_s: float) -> float:
+    """How much sooner `jobs` jobs that `agents` agents work finish with one more agent,
+    which installs the build first (negative: later)."""
+    return jobs * test_s / agents - (install_s + jobs * test_s / (agents + 1))
 
-    def finish(extra: int) -> float:
-        needs_install = extra > 0 or not installed
-        return (install_s if needs_install else 0.0) + jobs * test_s / (on_it + extra)
 
-    long_pole = finish(0) > rest_s + install_s
-    most = max(idle, agents - on_it) if long_pole else idle
-    extra = min(range(max(0, most) + 1), key=lambda m: (finish(m) + m * install_s, m))
-    if extra == 0:
-        return None
-    why = f"the rest of the work ends in {rest_s:.2f} s" if extra > idle else "idle agents"
-    return Split(
-        parts=extra,
-        reason=f"{jobs} jobs: about {finish(extra):.2f} s on {on_it + extra} agents instead "
-        f"of {finish(0):.2f} s, for {extra} more install(s) of {install_s:.2f} s ({why})",
+def share(batches: list[Worked], idle: int, install_s: float, test_s: float) -> dict[str, Split]:
+    """Batch id -> the idle agents that join it: each in turn joins the batch it makes
+    finish soonest sooner, while one finishes sooner at all."""
+    agents = {b.batch_id: max(b.agents, 1) for b in batches}
+    for _ in range(idle):
+        gains = {
+            b.batch_id: sooner_s(b.ready, agents[b.batch_id], install_s, test_s) for b in batches
+        }
+        best = max(gains, key=lambda batch_id: (gains[batch_id], batch_id), default=None)
+        if best is None or gains[best] <= 0:
+            break
+        agents[best] += 1
+    shared: dict[str, Split] = {}
+    for batch in batches:
+        parts = agents[batch.batch_id] - max(batch.agents, 1)
+        if parts:
+            shared[batch.batch_id] = Split(parts, _joined(batch, parts, install_s, test_s))
+    return shared
+
+
+def _joined(batch: Worked, parts: int, install_s: float, test_s: float) -> str:
+    on_it = max(batch.agents, 1)
+    before = batch.ready * test_s / on_it
+    after = install_s + batch.ready * test_s / (on_it + parts)
+    return (
+        f"{batch.ready} jobs left: about {after:.2f} s on {on_it + parts} agents instead "
+        f"of {before:.2f} s on {on_it}, for {parts} more install(s) of {install_s:.2f} s "
+        "(idle agents)"
     )

@@ -14,7 +14,9 @@ smoke run, `--json` for figures a script can read, `--seed` for another workload
   alone is printed beside it;
 - queue wait (submission to the assignment that ran the job) p50/p95/max per priority
   band, and time to start; a job given back by a preempted agent counts its whole wait;
-- agent utilisation: install and test time over agents times makespan.
+- agent utilisation: install and test time over agents times makespan, and where the
+  rest went: idle before an agent's first work, between two pieces of work, or at the
+  tail (`schedule_profile`).
 """
 
 from __future__ import annotations
@@ -37,15 +39,26 @@ from infra import events as ev
 from infra import logging as qlogging
 from tests.bench import schedule_run
 from tests.bench.measure import BenchError, percentile
+from tests.bench.schedule_profile import AgentTime, agent_time
 from tests.bench.schedule_run import Outcome, System
 from tests.bench.schedule_workload import Shape, Workload, generate
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Callable
 
     from infra import api
 
 BANDS = (5, 4, 3, 2, 1)
+TIME_ROWS: tuple[tuple[str, Callable[[AgentTime], float]], ...] = (
+    ("running tests", lambda t: t.tests),
+    ("installing", lambda t: t.installs),
+    ("  of which beyond one install per batch", lambda t: t.extra_installs),
+    ("idle before its first work", lambda t: t.before),
+    ("idle between two pieces of work", lambda t: t.between),
+    ("idle after its last work (tail)", lambda t: t.after),
+)
+"""Where agents x makespan went (`schedule_profile`)."""
 
 
 def systems(shape: Shape) -> tuple[System, System]:
@@ -106,6 +119,7 @@ class Figures:
     test_cost_s: float
     """A test from its start to its verdict, on average."""
     decisions: dict[str, int]
+    time: AgentTime
 
 
 def figures(workload: Workload, outcome: Outcome) -> Figures:
@@ -150,6 +164,7 @@ def figures(workload: Workload, outcome: Outcome) -> Figures:
         ),
         test_cost_s=statistics.mean(_seconds(j.finished_at, j.started_at) for j in jobs),
         decisions=dict(tags),
+        time=agent_time(outcome, workload.agents, makespan, workload.install_bound()),
     )
 
 
@@ -264,6 +279,10 @@ def rows(workload: Workload, s: Figures, f: Figures) -> list[Row]:
                 late <= bound,
             ),
         ]
+    out += [
+        Row(f"agent time: {label}", f"{share(s.time):.0%}", f"{share(f.time):.0%}")
+        for label, share in TIME_ROWS
+    ]
     longest = max(max(w.queue, default=0.0) for w in s.waits.values())
     fifo_longest = max(max(w.queue, default=0.0) for w in f.waits.values())
     out.append(Row("longest wait of any job", f"{longest:.2f} s", f"{fifo_longest:.2f} s"))

@@ -144,9 +144,9 @@ async def test_queues_show_pending_per_target_and_band(stack: Stack) -> None:
     )
     await stack.settled()
     _, queue = await stack.request("GET", "/queues")
-    bands = {(b["target"], b["priority"]): b["pending"] for b in queue["bands"]}
+    bands = {(b["target"], b["band"]): b["pending"] for b in queue["bands"]}
     assert bands == {("emulator", 5): 2, ("device", 1): 1}
-    assert len(queue["open_batches"]) == 2
+    assert [b["band"] for b in queue["open_batches"]] == [5, 1], "the highest band first"
 
 
 async def test_cancel_a_queued_job_then_cancelling_again_is_409(stack: Stack) -> None:

@@ -66,6 +66,30 @@ def drained(batch: str, ticket: int, agent: str, at_s: float = 0.0) -> ev.BatchD
     )
 
 
+def observed(build: str, install_s: float, test_s: float) -> tuple[ev.Event, ...]:
+    """Events that give the fold its install and test durations for the emulator."""
+    batch_id = ev.BatchId(f"acme-{build}")
+    return (
+        ev.BuildInstalled(
+            at=T0,
+            batch_id=batch_id,
+            agent_id=ev.AgentId("a0"),
+            app_version_id=build,
+            target=ev.Target.EMULATOR,
+            duration_s=install_s,
+        ),
+        submitted(f"{build}-job", batch_id=batch_id, app_version_id=build),
+        ev.JobPassed(
+            at=T0,
+            job_id=ev.JobId(f"{build}-job"),
+            agent_id=ev.AgentId("a0"),
+            attempt=1,
+            duration_s=test_s,
+        ),
+        drained(batch_id, 1, "a0"),
+    )
+
+
 def registered(agent: str) -> ev.AgentRegistered:
     return ev.AgentRegistered(
         at=T0, agent_id=ev.AgentId(agent), targets=(ev.Target.EMULATOR,), runner="simulated"
@@ -178,20 +202,7 @@ def test_an_org_never_gets_more_busy_agents_than_its_limit() -> None:
 def test_a_large_batch_is_split_when_idle_agents_finish_it_sooner() -> None:
     fold = Fold()
     fold(*(registered(f"a{n}") for n in range(4)))
-    fold(
-        ev.BuildInstalled(
-            at=T0,
-            batch_id=ev.BatchId("old"),
-            agent_id=ev.AgentId("a0"),
-            app_version_id="v0",
-            target=ev.Target.EMULATOR,
-            duration_s=2.0,
-        ),
-        submitted("old-job", batch_id=ev.BatchId("old"), app_version_id="v0"),
-        ev.JobPassed(
-            at=T0, job_id=ev.JobId("old-job"), agent_id=ev.AgentId("a0"), attempt=1, duration_s=0.1
-        ),
-    )
+    fold(*observed("v0", install_s=2.0, test_s=0.1))
     fold(*(job(n) for n in range(200)))
     [decision] = fold.g.due(T0)
     assert isinstance(decision, ev.BatchSplit)
@@ -200,31 +211,49 @@ def test_a_large_batch_is_split_when_idle_agents_finish_it_sooner() -> None:
     assert fold.g.due(T0) == [], "the idle agents are spoken for"
 
 
-def test_splitting_pays_only_when_the_time_saved_exceeds_the_installs() -> None:
-    def extra(jobs: int, workers: int, idle: int = 5) -> int:
-        installed = workers > 0
-        decided = splits.split(jobs, workers, installed, idle, install_s=2.0, test_s=0.1)
-        return 0 if decided is None else decided.parts
+def test_idle_agents_join_a_batch_only_when_it_then_finishes_sooner() -> None:
+    def joined(*batches: tuple[int, int], idle: int = 5) -> dict[str, int]:
+        worked = [splits.Worked(f"b{jobs}", jobs, agents) for jobs, agents in batches]
+        shares = splits.share(worked, idle, install_s=0.8, test_s=0.04)
+        return {batch_id: split.parts for batch_id, split in shares.items()}
 
-    assert extra(jobs=30, workers=0) == 0, "3 s of tests: a second install saves too little"
-    assert extra(jobs=100, workers=0) == 1
-    assert extra(jobs=60, workers=1) == 0, "its agent has the build already"
-    assert extra(jobs=100, workers=0, idle=0) == 0, "nobody free to share it"
+    assert joined((40, 1)) == {}, "1.6 s left: an install and half of it take as long"
+    assert joined((50, 1)) == {"b50": 1}
+    assert joined((150, 1)) == {"b150": 2}, "a third agent from 121 jobs left"
+    assert joined((150, 2)) == {"b150": 1}, "one agent on it already, one waiting ticket"
+    assert joined((150, 1), idle=1) == {"b150": 1}
+    assert joined((150, 1), (60, 1)) == {"b150": 2, "b60": 1}, "each where it helps most"
+    assert joined((150, 1), (60, 1), idle=2) == {"b150": 1, "b60": 1}
 
 
-def test_a_batch_that_would_outlast_the_rest_of_the_work_gets_agents_as_they_come_free() -> None:
-    def extra(rest_s: float) -> int:
-        decided = splits.split(
-            jobs=120,
-            workers=1,
-            installed=True,
-            idle=0,
-            install_s=0.8,
-            test_s=0.05,
-            rest_s=rest_s,
-            agents=8,
-        )
-        return 0 if decided is None else decided.parts
+def test_agents_share_a_batch_only_while_nothing_else_waits_for_them() -> None:
+    fold = Fold()
+    fold(*(registered(f"a{n}") for n in range(3)))
+    fold(*observed("warm", install_s=0.8, test_s=0.04))
+    [big] = fold(*(job(n, build="big") for n in range(200)))
+    fold(assigned("j0", "a0", batch="acme-big"), claimed("acme-big", big.ticket, "a0"))
+    waiting = fold(job(900, build="other"), job(901, build="third"))
+    assert len(waiting) == 2
+    assert fold.g.due(T0) == [], "the two free agents have batches of their own to take"
+    for ticket, job_id, agent in zip(waiting, ["j900", "j901"], ["a1", "a2"], strict=True):
+        fold(assigned(job_id, agent, batch=ticket.batch_id), claimed(ticket.batch_id, 1, agent))
+    passed = ev.JobPassed(
+        at=T0, job_id=ev.JobId("j901"), agent_id=ev.AgentId("a2"), attempt=1, duration_s=0.04
+    )
+    fold(passed, drained(waiting[1].batch_id, 1, "a2"))
+    [decision] = fold.g.due(T0)
+    assert isinstance(decision, ev.BatchSplit)
+    assert (decision.batch_id, decision.parts) == ("acme-big", 1)
 
-    assert extra(rest_s=3.0) == 2, "6 s alone: two more save 4 s for 1.6 s of installs"
-    assert extra(rest_s=5.5) == 0, "it ends with the rest anyway: nobody is free to share it"
+
+def test_a_split_ticket_never_interrupts_another_batch() -> None:
+    """Agents give their batch back for band 5 only: a split ticket of an urgent batch
+    waits in band 4, for an agent that comes free."""
+    fold = Fold()
+    fold(*(registered(f"a{n}") for n in range(2)))
+    fold(*observed("warm", install_s=0.8, test_s=0.04))
+    [urgent] = fold(*(job(n, build="hot", priority=5) for n in range(100)))
+    fold(assigned("j0", "a0", batch="acme-hot"), claimed("acme-hot", urgent.ticket, "a0"))
+    [decision] = fold.g.due(T0)
+    [shared] = fold(decision)
+    assert (urgent.band, shared.band) == (5, 4)

@@ -48,22 +48,27 @@ def job() -> MakeJob:
 
 
 def queue() -> api.QueueView:
-    """Two bands and one open batch with a failure in it."""
+    """Two bands (the device one aged from priority 1) and one open batch with a failure
+    in it, worked by one agent."""
     bands = [
         api.QueueBand(
             target=Target.EMULATOR,
-            priority=5,
+            band=5,
             pending=3,
-            oldest_submitted_at=NOW - timedelta(seconds=42),
+            batches=1,
+            orgs=["qualgent"],
+            oldest_queued_at=NOW - timedelta(seconds=42),
         ),
         api.QueueBand(
             target=Target.DEVICE,
-            priority=1,
+            band=3,
             pending=12,
-            oldest_submitted_at=NOW - timedelta(minutes=5),
+            batches=2,
+            orgs=["acme", "qualgent"],
+            oldest_queued_at=NOW - timedelta(minutes=5),
         ),
     ]
-    batch = api.BatchView(
+    batch = api.QueueBatch(
         batch_id=BATCH,
         org_id="qualgent",
         app_version_id="xyz123",
@@ -78,8 +83,10 @@ def queue() -> api.QueueView:
         other=0,
         top_priority=5,
         last_agent_id="sim-emulator-1",
+        band=5,
+        agents=["sim-emulator-1"],
     )
-    return api.QueueView(bands=bands, open_batches=[batch], running=2)
+    return api.QueueView(bands=bands, open_batches=[batch], running=2, aging_interval_s=120)
 
 
 def agents() -> api.AgentPage:
@@ -114,10 +121,19 @@ def test_screen_shows_header_bands_batches_agents_and_verdicts(job: MakeJob) -> 
     assert "running 2" in header
     assert "pending 15" in header
     assert URL in header
-    assert line_with(text, "emulator", "5", "3", "42s")
-    assert line_with(text, "device", "1", "12", "5m")
+    assert line_with(text, "emulator", "5", "3", "1", "42s").split()[:5] == [
+        *("emulator", "5", "3", "1", "42s")
+    ]
+    assert line_with(text, "device", "12", "5m").split()[:5] == ["device", "3", "12", "2", "5m"]
     batch = line_with(text, "qualgent", "xyz123", "emulator")
-    assert batch.split() == [BATCH[:9], "qualgent", "xyz123", "emulator", *"3111", "sim-emulator-1"]
+    assert batch.split() == [
+        BATCH[:9],
+        "qualgent",
+        "xyz123",
+        "emulator",
+        *"53111",
+        "sim-emulator-1",
+    ]
     assert line_with(text, "sim-emulator-1", "busy", BATCH[:9], "7", "2")
     failed = line_with(text, page.jobs[0].job_id)
     assert "failed" in failed
