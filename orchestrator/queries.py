@@ -113,7 +113,7 @@ async def unfinished_jobs(conn: db.Connection, match: api.CancelMany) -> list[st
 async def wait_for_checkpoint(pool: db.Pool, projection: str, seq: int, timeout_s: float) -> bool:
     """Wait until `projection` has applied stream sequence `seq`; False on timeout."""
     deadline = time.monotonic() + timeout_s
-    delay = 0.002
+    delay = 0.0005  # a projector applies an event within milliseconds: look again soon
     while True:
         async with pool.acquire() as conn:
             applied = await db.checkpoint(conn, projection)

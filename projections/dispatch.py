@@ -97,7 +97,8 @@ class Grouping:
                 return self._split(self.batches[event.batch_id], event)
             case ev.AgentRegistered():
                 self.agents[event.agent_id] = event.targets
-                return self._stop_working(event.agent_id, event.at)
+                stopped = self._stop_working(event.agent_id, event.at)
+                return stopped or self._dispatch(event.at)  # one more agent to offer to
             case ev.AgentStopped() | ev.AgentLost():
                 self.agents.pop(event.agent_id, None)
                 return self._stop_working(event.agent_id, event.at)
@@ -206,9 +207,17 @@ class Grouping:
                 if batch.target is target:
                     offered.update((batch.org_id, batch.live[n]) for n in batch.offered)
             busy = self._busy() if self._any_limit else Counter[str]()
-            for batch in self._fairness.choose(list(wanting.values()), offered, busy, at):
-                tickets.append(self._issue(batch, batch.band))
+            spare = self._free(target) - sum(offered.values())
+            chosen = self._fairness.choose(list(wanting.values()), offered, busy, at, spare)
+            tickets += [self._issue(batch, batch.band) for batch in chosen]
         return tickets
+
+    def _free(self, target: ev.Target) -> int:
+        """Registered agents serving `target` that work no batch now."""
+        return sum(
+            target in targets and agent_id not in self.working
+            for agent_id, targets in self.agents.items()
+        )
 
     def _busy(self) -> Counter[str]:
         """Per org: agents working its batches, plus its tickets waiting for one."""

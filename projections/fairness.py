@@ -6,8 +6,10 @@ orgs of an earlier tier go first, and a tier whose orgs still have batches waiti
 the later tiers out of that band; within a tier, orgs take turns, the one served longest
 ago first, each with at most `offered_per_org` tickets waiting in the queue, so one org
 flooding the queue cannot push another org's single batch back by more than a few
-tickets. Within an org, the batch that has waited longest goes first. An org never gets
-a ticket that would take it past its busy-agent limit.
+tickets. Beyond that share, an org gets tickets only for idle agents that no waiting
+ticket is for: those are taken at once and hold no one back, and an idle fleet never
+waits on a queue kept short on purpose. Within an org, the batch that has waited longest
+goes first. An org never gets a ticket that would take it past its busy-agent limit.
 
 Tiers would let a premium org that never stops submitting starve a standard one, since
 aging lifts both alike. So a batch that has waited as long as aging takes to lift a
@@ -46,10 +48,12 @@ class Fairness:
         offered: Counter[tuple[str, int]],
         busy: Counter[str],
         now: datetime,
+        spare: int = 0,
     ) -> list[BatchState]:
         """The batches to publish a ticket for, in publishing order. `offered` counts the
         tickets waiting in this target's queues per (org, band), `busy` the agents each
-        org occupies or is about to (both updated as batches are chosen)."""
+        org occupies or is about to (both updated as batches are chosen), `spare` the
+        idle agents of the target that no waiting ticket is for."""
         bands: defaultdict[int, defaultdict[int, defaultdict[str, list[BatchState]]]]
         bands = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         for batch in wanting:
@@ -58,7 +62,7 @@ class Fairness:
         for band in sorted(bands, reverse=True):
             for tier in sorted(bands[band]):
                 orgs = bands[band][tier]
-                blocked = self._take_turns(band, orgs, offered, busy, now, chosen)
+                blocked, spare = self._take_turns(band, orgs, offered, busy, spare, now, chosen)
                 if blocked:
                     break  # later tiers of this band wait for this one
         return chosen
@@ -77,11 +81,12 @@ class Fairness:
         orgs: dict[str, list[BatchState]],
         offered: Counter[tuple[str, int]],
         busy: Counter[str],
+        spare: int,
         now: datetime,
         chosen: list[BatchState],
-    ) -> bool:
-        """Round-robin over the orgs of one tier; True when an org still has batches
-        waiting only because its share of the queue is full."""
+    ) -> tuple[bool, int]:
+        """Round-robin over the orgs of one tier; whether an org still has batches
+        waiting only because its share of the queue is full, and the spare agents left."""
         queues = {
             org: deque(sorted(batches, key=lambda b: (b.oldest(now) or now, b.batch_id)))
             for org, batches in orgs.items()
@@ -94,7 +99,7 @@ class Fairness:
                 if not queue:
                     continue
                 limit = self._policy.max_busy(org)
-                if offered[org, band] >= self._policy.offered_per_org:
+                if offered[org, band] >= self._policy.offered_per_org and spare <= 0:
                     blocked = True
                     queue.clear()
                 elif limit is not None and busy[org] >= limit:
@@ -103,6 +108,7 @@ class Fairness:
                     chosen.append(queue.popleft())
                     offered[org, band] += 1
                     busy[org] += 1
+                    spare -= 1
                     self._served += 1
                     self._last_served[org] = self._served
-        return blocked
+        return blocked, spare

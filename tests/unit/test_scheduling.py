@@ -159,6 +159,19 @@ def test_an_org_flooding_a_band_cannot_hold_back_another_orgs_single_batch() -> 
     assert single.band == 3
 
 
+def test_idle_agents_get_tickets_beyond_an_orgs_share_and_another_org_still_gets_its_own() -> None:
+    fold = Fold(offered_per_org=2)
+    fold(*(registered(f"a{n}") for n in range(5)))
+    for n in range(8):
+        fold(job(n, org="flood", build=f"b{n}"))
+    assert len(fold.published) == 5, "one ticket waits for each idle agent, not two in all"
+    [single] = fold(job(99, org="solo"))  # within its own share: no idle agent needed
+    assert single.org_id == "solo"
+    assert fold(job(100, org="flood", build="b9")) == [], "no agent idle without a ticket"
+    [more] = fold(registered("a5"), registered("a6"))  # solo's ticket is for one of them
+    assert (more.org_id, more.batch_id) == ("flood", "flood-b5"), "the oldest waiting batch"
+
+
 def test_orgs_take_turns_when_both_have_batches_waiting() -> None:
     fold = Fold(offered_per_org=1)
     for n in range(3):
