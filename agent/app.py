@@ -16,6 +16,7 @@ from infra import embedded
 from infra import events as ev
 from infra import nats as qnats
 from infra.eventlog import EventLog
+from infra.stopping import stopped_within
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -71,6 +72,5 @@ async def _bind(
             if not waiting:
                 log.info("agent_waiting_for_streams")
             waiting = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), BIND_RETRY_S)
+        if await stopped_within(stop, BIND_RETRY_S):
             return None

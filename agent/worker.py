@@ -30,6 +30,7 @@ from infra import events as ev
 from infra import lifecycle, logstore, requeue, rpc
 from infra import logging as qlogging
 from infra.eventlog import ConcurrencyConflict, EventLogError
+from infra.stopping import stopped_within
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -71,13 +72,6 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
 _RETRY_FIRST_S = 0.5
 _RETRY_CAP_S = 5.0
 """Between two tries of a claim, or of a batch that failed: doubling up to this."""
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait `seconds`, or less if `stop` is set meanwhile; whether it was."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 def _batch_keys(ticket: ev.WorkTicket) -> dict[str, str]:
@@ -211,7 +205,7 @@ class Agent:
                 log.warning("claim_failed", **_batch_keys(ticket), error=str(exc))
             except Exception:
                 log.exception("batch_failed", **_batch_keys(ticket))
-            if await _stopped_within(stop, pause):
+            if await stopped_within(stop, pause):
                 return _Done(spent=False)
             pause = min(pause * 2, _RETRY_CAP_S)
 

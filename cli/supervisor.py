@@ -5,11 +5,12 @@ and stopping stops them one at a time, the last started first."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
+
+from infra.stopping import stopped_within
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -68,9 +69,7 @@ class Supervisor:
                 log.warning("component_exited", component=name)
             if loop.time() - started >= MAX_BACKOFF_S:
                 backoff_s = FIRST_BACKOFF_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff_s)
-            if stop.is_set():
+            if await stopped_within(stop, backoff_s):
                 return
             log.info("component_restarting", component=name, after_s=backoff_s)
             backoff_s = min(2 * backoff_s, MAX_BACKOFF_S)

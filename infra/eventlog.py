@@ -127,6 +127,11 @@ class EventLog:
         except msgspec.DecodeError:
             return None
 
+    async def read_job(self, job_id: str) -> list[tuple[int, ev.JobEvent]]:
+        """Every event of one job, oldest first, with its stream sequence."""
+        found = await self.read(ev.job_subject(job_id))
+        return [(seq, event) for seq, event in found if isinstance(event, ev.JobEvent)]
+
     async def read(self, subject: str) -> list[tuple[int, ev.Event]]:
         """Every event on one subject, oldest first, with its stream sequence."""
         found: list[tuple[int, ev.Event]] = []

@@ -134,8 +134,7 @@ class ClaimService:
         """A job that moved on since the read model saw it: the agent's still, if an
         earlier claim of the same agent, answered meanwhile, assigned it (its answer may be
         the one that was lost); else cancelled or taken by another agent."""
-        found = await self._events.read(ev.job_subject(job_id))
-        state = lifecycle.fold([(seq, e) for seq, e in found if isinstance(e, ev.JobEvent)])
+        state = lifecycle.fold(await self._events.read_job(job_id))
         held = state is not None and state.status is ev.JobStatus.ASSIGNED
         if held and state is not None and state.agent_id == agent_id:
             return rpc.ClaimedJob(state=state)

@@ -74,8 +74,7 @@ class JobService:
     async def _fold(self, job_id: str) -> tuple[lifecycle.JobState, list[ev.JobEvent]]:
         if not domain.is_job_id(job_id):
             raise domain.JobNotFound(job_id)
-        found = await self._events.read(ev.job_subject(job_id))
-        pairs = [(seq, e) for seq, e in found if isinstance(e, ev.JobEvent)]
+        pairs = await self._events.read_job(job_id)
         state = lifecycle.fold(pairs)
         if state is None:
             raise domain.JobNotFound(job_id)

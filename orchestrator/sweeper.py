@@ -4,8 +4,6 @@ whose writer died between recording an infrastructure error and deciding what fo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import defaultdict
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -16,9 +14,12 @@ from nats.js.errors import KeyNotFoundError
 from infra import events as ev
 from infra import lifecycle, requeue
 from infra import logging as qlogging
+from infra.stopping import stopped_within
 from orchestrator import queries
 
 if TYPE_CHECKING:
+    import asyncio
+
     from nats.js.kv import KeyValue
 
     from infra import db
@@ -49,10 +50,7 @@ class LostAgentSweeper:
         self._interval_s = interval_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval_s)
-                return
+        while not await stopped_within(stop, self._interval_s):
             try:
                 await self.sweep()
             except Exception:
