@@ -12,7 +12,7 @@ from nats.js.errors import NotFoundError
 
 from agent.runners.simulated import SimulatedConfig, SimulatedRunner
 from agent.worker import Agent, AgentConfig
-from infra import embedded
+from infra import bands, embedded
 from infra import events as ev
 from infra import nats as qnats
 from infra.eventlog import EventLog
@@ -61,7 +61,7 @@ async def _bind(
     `stop` is set first. Agents create nothing (their credentials allow none of it): the
     orchestrator declares the bucket and the projectors the consumers, and an agent
     started before them waits."""
-    consumers = [qnats.work_consumer_name(t, band) for t in targets for band in qnats.BANDS]
+    consumers = [qnats.work_consumer_name(t, band) for t in targets for band in bands.QUEUES]
     waiting = False
     while True:
         try:

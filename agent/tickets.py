@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 
+from infra import bands
 from infra import events as ev
 from infra import nats as qnats
 
@@ -31,7 +32,7 @@ IDLE_RECHECK_S = 1.0
 """How often every band is looked at again, hinted or not."""
 FETCH_S = 0.05
 """How long to wait for a ticket JetStream just said is there (another agent may win)."""
-PREEMPT_GRACE_S = 0.025
+PREEMPT_GRACE_S = 0.015
 """How long a busy agent leaves a new urgent ticket to idle agents before it interrupts
 its batch for it."""
 CHOICES = 6
@@ -64,7 +65,7 @@ class TicketSource:
         for target in self._targets:
             for subject in (ev.work_subjects(target), f"{_GIVEN_BACK}.{target.value}.>"):
                 self._wakers.append(await self._nc.subscribe(subject, cb=self._on_hint))
-            for band in qnats.BANDS:
+            for band in bands.QUEUES:
                 self._subs[(target, band)] = await self._js.pull_subscribe_bind(
                     qnats.work_consumer_name(target, band), ev.WORK_STREAM
                 )
@@ -86,16 +87,21 @@ class TicketSource:
             self._wake.set()
 
     async def take(
-        self, rank: Callable[[Msg], int], above: int = 0, *, recheck: bool = False
+        self,
+        rank: Callable[[Msg], int],
+        above: int = 0,
+        *,
+        recheck: bool = False,
+        grace_s: float = PREEMPT_GRACE_S,
     ) -> Msg | None:
         """A ticket of the highest hinted band above `above` (0: any): of a few tickets
         of that band, the first that `rank` rates best; of several targets, the one with
         most tickets waiting first. None when there is none now. `recheck` looks at
         every band, and for tickets due for redelivery too. Looking above a band (a busy
-        agent between tests) skips tickets published in the last PREEMPT_GRACE_S: an
-        idle agent takes those without a batch given back."""
-        settled = time.monotonic() - (PREEMPT_GRACE_S if above else 0.0)
-        for band in qnats.BANDS:
+        agent between tests) skips tickets published in the last `grace_s`: an idle
+        agent takes those without a batch given back."""
+        settled = time.monotonic() - (grace_s if above else 0.0)
+        for band in bands.QUEUES:
             if band <= above:
                 return None
             looks = []

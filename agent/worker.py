@@ -1,13 +1,14 @@
 """An agent: takes a dispatch ticket, claims the batch's jobs, installs the build once,
 runs the tests one after another, and claims again before letting the ticket go.
 
-Between two tests it looks for an urgent ticket (band `preempt_band` or higher, above the
-band it works); when it gets one, it gives back the jobs it has not started
-(`JobReleased`, no attempt counted) and the batch (`BatchYielded`, which spends its
-ticket so the jobs get a fresh one), and works the urgent ticket at once. A job of
-priority 5 thus waits for one test, not for a whole batch. Less urgent bands wait for the
-batch to end: interrupting a batch costs its build a second install when another agent
-picks it up, which only urgent work is worth."""
+Between two tests it looks for an urgent ticket (in the urgent queue, for a job submitted
+at priority 5, unless `preempt_band` lets lower bands in too); when it gets one, it gives
+back the jobs it has not started (`JobReleased`, no attempt counted) and the batch
+(`BatchYielded`, which spends its ticket so the jobs get a fresh one), and works the
+urgent ticket at once. A job of priority 5 thus waits for one test, not for a whole
+batch. Other bands, band 5 reached by waiting included, wait for the batch to end:
+interrupting a batch costs its build a second install when another agent picks it up,
+which only urgent work is worth."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from agent.affinity import InstallCache
 from agent.output import AttemptOutput
 from agent.runners import RunnerError
 from agent.tickets import PREEMPT_GRACE_S, TicketSource, band_of
+from infra import bands, lifecycle, logstore, requeue, rpc
 from infra import events as ev
-from infra import lifecycle, logstore, requeue, rpc
 from infra import logging as qlogging
 from infra.eventlog import ConcurrencyConflict, EventLogError
 from infra.stopping import stopped_within
@@ -45,7 +46,6 @@ log = structlog.get_logger(__name__)
 _claim_decoder = msgspec.json.Decoder(rpc.ClaimResponse)
 
 INSTALL_CACHE_SIZE = 8
-PREEMPT_BAND = 5
 GOODBYE_TIMEOUT_S = 2.0
 """How long a stopping agent tries to record that it stopped."""
 
@@ -62,13 +62,15 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     install_timeout_s: float = 900.0
     install_cache_size: int = INSTALL_CACHE_SIZE
     """How many installed builds the device keeps."""
-    preempt_band: int = PREEMPT_BAND
-    """Tickets of this band or higher interrupt a batch of a lower band between tests;
-    2 lets any higher band interrupt."""
+    preempt_band: int = bands.URGENT
+    """Tickets of this dispatch queue or higher interrupt a batch of a lower one between
+    tests: by default the urgent queue only; 2 lets any higher band interrupt."""
     log_limit_bytes: int = logstore.DEFAULT_LIMIT_BYTES
     """How much of one attempt's output is kept."""
 
 
+_TEST_WEIGHT = 0.2
+"""Of each test's duration in the agent's moving average."""
 _RETRY_FIRST_S = 0.5
 _RETRY_CAP_S = 5.0
 """Between two tries of a claim, or of a batch that failed: doubling up to this."""
@@ -111,6 +113,8 @@ class Agent:
         self.config = config
         self._installed = InstallCache(config.install_cache_size, config.agent_id)
         self._tickets = TicketSource(nc, config.targets)
+        self._test_s: float | None = None
+        """How long a test takes here, start to verdict (a moving average)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work tickets until `stop` is set; a batch in progress gives back its unstarted
@@ -249,16 +253,18 @@ class Agent:
                     return await self._preempted(ticket, jobs[index:], urgent)
                 await self._run(job)
 
-    async def _urgent(self, ticket: ev.WorkTicket) -> Msg | None:
-        """A ticket urgent enough to interrupt this one's batch, if there is one now."""
+    async def _urgent(self, ticket: ev.WorkTicket, grace_s: float = PREEMPT_GRACE_S) -> Msg | None:
+        """A ticket urgent enough to interrupt this one's batch, if there is one now that
+        was published at least `grace_s` ago."""
         above = max(ticket.band, self.config.preempt_band - 1)
-        return await self._tickets.take(self._installed.rank, above=above)
+        return await self._tickets.take(self._installed.rank, above=above, grace_s=grace_s)
 
     async def _preempted(
         self, ticket: ev.WorkTicket, unstarted: list[lifecycle.JobState], urgent: Msg, how: str = ""
     ) -> _Done:
         try:
-            await self._give_back(ticket, unstarted, f"preempted by band {band_of(urgent)}{how}")
+            reason = f"preempted by {bands.queue_name(band_of(urgent))}{how}"
+            await self._give_back(ticket, unstarted, reason)
         except BaseException:
             await urgent.nak()
             raise
@@ -318,9 +324,11 @@ class Agent:
 
     async def _during(self, work: asyncio.Future[str | None], ticket: ev.WorkTicket) -> Msg | None:
         """Wait for `work`; an urgent ticket taken meanwhile cancels it and is returned.
-        Looks every `PREEMPT_GRACE_S`, which costs nothing while no higher band is hinted."""
+        Looks every `PREEMPT_GRACE_S`, which costs nothing while no higher band is hinted.
+        An urgent ticket is left for a test's length to agents between two tests: one of
+        them gives back only jobs not started, while an install cut short is lost work."""
         while not work.done():
-            urgent = await self._urgent(ticket)
+            urgent = await self._urgent(ticket, grace_s=max(PREEMPT_GRACE_S, self._test_s or 0.0))
             if urgent is not None:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -381,6 +389,14 @@ class Agent:
             log.warning("job_taken_over", **qlogging.job_keys(job))
 
     async def _run(self, job: lifecycle.JobState) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._run_test(job)
+        took = loop.time() - started
+        mean = self._test_s
+        self._test_s = took if mean is None else mean + _TEST_WEIGHT * (took - mean)
+
+    async def _run_test(self, job: lifecycle.JobState) -> None:
         agent_id = self.config.agent_id
         running = await self._append(
             job,

@@ -20,10 +20,10 @@ from agent.runners import Runner
 from agent.runners.appwright import AppwrightConfig, AppwrightRunner
 from agent.runners.command import CommandConfig, CommandRunner
 from agent.runners.simulated import SimulatedConfig
-from agent.worker import INSTALL_CACHE_SIZE, PREEMPT_BAND, AgentConfig
+from agent.worker import INSTALL_CACHE_SIZE, AgentConfig
 from cli import local_stack
 from cli.main import app, fail
-from infra import embedded, nats_auth, settings
+from infra import bands, embedded, nats_auth, settings
 from infra import events as ev
 from infra import logging as qlogging
 from orchestrator import app as orchestrator_app
@@ -270,14 +270,15 @@ def agent(
     test_s: Annotated[float, typer.Option(min=0, help="Simulated test time.")] = 0.5,
     fail_rate: Annotated[float, typer.Option(min=0, max=1, help="Simulated failure rate.")] = 0.0,
     preempt_band: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=2,
             max=5,
-            help="Tickets of this band or higher interrupt a lower band's batch between "
-            "tests (2: any higher band does).",
+            help="Let tickets of this band or higher interrupt a lower band's batch between "
+            "tests (2: any higher band does). By default only urgent work, jobs submitted "
+            "at priority 5, does.",
         ),
-    ] = PREEMPT_BAND,
+    ] = None,
     install_cache: Annotated[
         int, typer.Option(min=1, help="Builds a device keeps installed (least recently used out).")
     ] = INSTALL_CACHE_SIZE,
@@ -297,7 +298,9 @@ def agent(
     agents = [
         (
             msgspec.structs.replace(
-                slot, preempt_band=preempt_band, install_cache_size=install_cache
+                slot,
+                preempt_band=preempt_band or bands.URGENT,
+                install_cache_size=install_cache,
             ),
             runner,
         )

@@ -203,6 +203,7 @@ class BatchDue(_Event, frozen=True, tag="batch.due"):
 
     batch_id: BatchId
     band: int
+    """Its dispatch queue (as `WorkTicket.band`)."""
     reason: str
 
 
@@ -333,9 +334,10 @@ def agent_subject(agent_id: str) -> str:
     return f"qg.evt.agent.{agent_id}"
 
 
-def work_subject(target: Target, band: int) -> str:
-    """The QG_WORK subject of a dispatch ticket for one target and priority band."""
-    return f"qg.work.{target.value}.p{band}"
+def work_subject(target: Target, queue: int) -> str:
+    """The QG_WORK subject of a dispatch ticket for one target and dispatch queue (a
+    priority band, or `infra.bands.URGENT`)."""
+    return f"qg.work.{target.value}.p{queue}"
 
 
 def work_subjects(target: Target) -> str:
@@ -356,6 +358,8 @@ class WorkTicket(msgspec.Struct, frozen=True, kw_only=True):
     app_version_id: str
     target: Target
     band: int
+    """Its dispatch queue: the batch's band (1-5), or 6 (`infra.bands.URGENT`) for band 5
+    with a job submitted at priority 5."""
     ticket: int
     as_of_seq: int
     installed_on: tuple[AgentId, ...] = ()

@@ -12,8 +12,8 @@ import structlog
 from nats.aio.client import Client
 from nats.js import api
 
+from infra import bands, logstore
 from infra import events as ev
-from infra import logstore
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
-BANDS = (5, 4, 3, 2, 1)
 DRAIN_TIMEOUT_S = 2.0
 """How long closing a connection waits for in-flight messages before it just closes."""
 
@@ -143,19 +142,20 @@ async def registry(js: JetStreamContext, ttl_s: float) -> KeyValue:
         return await js.key_value(REGISTRY_BUCKET)  # made already, perhaps with another TTL
 
 
-def work_consumer_name(target: ev.Target, band: int) -> str:
-    return f"work-{target.value}-p{band}"
+def work_consumer_name(target: ev.Target, queue: int) -> str:
+    return f"work-{target.value}-p{queue}"
 
 
 async def declare_work_consumers(js: JetStreamContext, ack_wait_s: float) -> None:
-    """One durable pull consumer per target and band, shared by every agent serving it."""
+    """One durable pull consumer per target and dispatch queue (`infra.bands.QUEUES`),
+    shared by every agent serving it."""
     for target in ev.Target:
-        for band in BANDS:
+        for queue in bands.QUEUES:
             await js.add_consumer(
                 ev.WORK_STREAM,
                 api.ConsumerConfig(
-                    durable_name=work_consumer_name(target, band),
-                    filter_subject=ev.work_subject(target, band),
+                    durable_name=work_consumer_name(target, queue),
+                    filter_subject=ev.work_subject(target, queue),
                     ack_policy=api.AckPolicy.EXPLICIT,
                     ack_wait=ack_wait_s,
                     max_deliver=-1,

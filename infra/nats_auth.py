@@ -28,8 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from infra import bands, logstore
 from infra import events as ev
-from infra import logstore
 from infra import nats as qnats
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class AgentGrant:
         """Its nats-server permissions, on subjects as they are after the account's
         mappings (which is what the server checks)."""
         ids = ("*",) if self.agent_ids is None else self.agent_ids
-        consumers = [qnats.work_consumer_name(t, b) for t in self.targets for b in qnats.BANDS]
+        consumers = [qnats.work_consumer_name(t, b) for t in self.targets for b in bands.QUEUES]
         publish = [
             f"{GATE_EVENTS}.job.*",
             f"{GATE_EVENTS}.batch.*",

@@ -42,6 +42,9 @@ CLAIM_LIMIT = 8
 higher priority that joined the batch meanwhile runs next, agents sharing a split batch
 take its jobs in turns, and an agent preempted between tests has little to give back."""
 CLAIM_CATCH_UP_S = 5.0
+CLAIM_ROUNDS = 3
+"""Looks at a batch's pending jobs in one claim, while claims racing it take every job
+it chose."""
 LOST_TRACK = "its agent lost track of the test (the start was recorded, the agent was not told)"
 LEFT_BEHIND = "its agent claimed other work without it (the claim's answer was lost)"
 
@@ -71,11 +74,8 @@ class ClaimService:
             return rpc.ClaimResponse(jobs=[], error="read model is behind; try again")
         async with self._pool.acquire() as conn:
             held = await queries.held_by(conn, request.agent_id)
-            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
         kept = await self._reconcile(request, held)
-        pending = pending[: max(0, CLAIM_LIMIT - len(kept))]
-        assigned = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
-        jobs = kept + [job for job in assigned if job is not None]
+        jobs = kept + await self._assign_next(request, CLAIM_LIMIT - len(kept))
         await self._events.append(outcome(request, len(jobs)))
         log.info(
             "batch_claimed",
@@ -118,9 +118,31 @@ class ClaimService:
         with contextlib.suppress(ConcurrencyConflict):
             await self._events.append(event, expected_seq=state.version)
 
+    async def _assign_next(self, request: rpc.ClaimRequest, limit: int) -> list[rpc.ClaimedJob]:
+        """Up to `limit` of the batch's pending jobs, assigned to the agent. Agents sharing
+        a batch claim at the same moment and choose the same first jobs: a claim that lost
+        every one of them looks again once the read model shows where they went, instead
+        of taking the batch for drained while it still has jobs."""
+        for _ in range(CLAIM_ROUNDS if limit > 0 else 0):
+            async with self._pool.acquire() as conn:
+                pending = await queries.pending_in_batch(conn, request.batch_id, limit)
+            tries = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
+            assigned = [t for t in tries if isinstance(t, rpc.ClaimedJob)]
+            moved_to = [t for t in tries if isinstance(t, int)]
+            if assigned or not moved_to:
+                return assigned
+            caught_up = await queries.wait_for_checkpoint(
+                self._pool, queries.JOBS_PROJECTION, max(moved_to), CLAIM_CATCH_UP_S
+            )
+            if not caught_up:
+                break
+        return []
+
     async def _assign(
         self, state: lifecycle.JobState, agent_id: ev.AgentId
-    ) -> rpc.ClaimedJob | None:
+    ) -> rpc.ClaimedJob | int:
+        """The job, assigned to the agent; else the sequence of the event that moved it
+        on since the read model saw it."""
         event = domain.assign(state, agent_id, ev.utcnow())
         try:
             appended = await self._events.append(event, expected_seq=state.version)
@@ -130,15 +152,17 @@ class ClaimService:
 
     async def _if_already_theirs(
         self, job_id: ev.JobId, agent_id: ev.AgentId
-    ) -> rpc.ClaimedJob | None:
+    ) -> rpc.ClaimedJob | int:
         """A job that moved on since the read model saw it: the agent's still, if an
         earlier claim of the same agent, answered meanwhile, assigned it (its answer may be
-        the one that was lost); else cancelled or taken by another agent."""
+        the one that was lost); else cancelled or taken by another agent, and then the
+        sequence of its last event."""
         state = lifecycle.fold(await self._events.read_job(job_id))
-        held = state is not None and state.status is ev.JobStatus.ASSIGNED
-        if held and state is not None and state.agent_id == agent_id:
+        if state is None:
+            return 0
+        if state.status is ev.JobStatus.ASSIGNED and state.agent_id == agent_id:
             return rpc.ClaimedJob(state=state)
-        return None
+        return state.version
 
 
 def outcome(request: rpc.ClaimRequest, jobs: int) -> ev.BatchClaimed | ev.BatchDrained:

@@ -16,7 +16,7 @@ from prometheus_client import (
 )
 
 from infra import events as ev
-from infra.nats import BANDS
+from infra.bands import BANDS
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping

@@ -3,8 +3,9 @@ have waited, its dispatch tickets, and the band it is dispatched in.
 
 A batch's band at a moment is the highest priority among its pending jobs that may run
 (their retry backoff is over), each raised one band per `aging interval` it has waited,
-up to 5. Aging stops while an agent works the batch: its pending jobs then wait for that
-agent's next claim, not for dispatch. Since the longest-waiting job of each priority is
+up to 5; its dispatch queue is that band, or `bands.URGENT` with a priority-5 job ready.
+Aging stops while an agent works the batch: its pending jobs then wait for that agent's
+next claim, not for dispatch. Since the longest-waiting job of each priority is
 the most aged one, the band needs only those: ready jobs sit in one heap per priority,
 oldest wait on top, so a submission or an assignment costs a heap operation, not a pass
 over the batch. Jobs in a retry backoff wait aside until an event at or after its end
@@ -57,12 +58,13 @@ class BatchState:
     ticket: int = 0
     """Number of the batch's latest ticket."""
     live: dict[int, int] = field(default_factory=dict)
-    """Live ticket number -> its band. Several while the batch is split; a ticket left
+    """Live ticket number -> its dispatch queue. Several while the batch is split; a ticket left
     behind by a re-raise is stale, no longer live, yet its holder may still claim."""
     offered: set[int] = field(default_factory=set)
     """Live tickets no agent has claimed with yet: they wait in a QG_WORK queue."""
     band: int = 0
-    """The band of its latest ticket, or the band it waits for a ticket in."""
+    """The dispatch queue (`infra.bands.QUEUES`) of its latest ticket, or the one it
+    waits for a ticket in."""
     wanting: bool = False
     """It has jobs ready and no live ticket, and waits for the fairness rules to let it
     have one."""
@@ -139,9 +141,9 @@ class BatchState:
         return len(self.pending) - sum(not w.ready(now) for w in self._backoff.values())
 
     def band_at(self, now: datetime, aging_s: float | None) -> int:
-        """The band its ready jobs call for at `now`; 0 when none may run."""
+        """The dispatch queue its ready jobs call for at `now`; 0 when none may run."""
         interval = _interval(aging_s, self.worked)
-        return max((bands.aged(p, q, now, interval) for p, q in self._waits(now)), default=0)
+        return max((bands.queue_of(p, q, now, interval) for p, q in self._waits(now)), default=0)
 
     def next_review(self, now: datetime, aging_s: float | None, band: int) -> datetime | None:
         """The first moment after `now` at which a retry backoff ends or waiting raises

@@ -3,7 +3,9 @@
 A pure fold of QG_EVENTS (time enters only as an event's `at`): jobs are folded into
 batches keyed by (org, app version, target); a batch with jobs ready and no live ticket
 waits for one (`projections.fairness` decides the order); its band is the highest
-priority ready, raised by waiting (`projections.batchstate`). A job of a higher band
+priority ready, raised by waiting (`projections.batchstate`), and its ticket goes to that
+band's queue, or to the urgent queue above band 5 for a job submitted at priority 5
+(`infra.bands`; "band" below means either). A job of a higher band
 joining a batch whose live ticket sits lower re-raises it: ticket n+1 in the higher
 band, n goes stale (its holder may still claim; spending it changes nothing). A ticket
 is spent when a claim with it finds nothing (`BatchDrained`) or its agent gives the
@@ -158,9 +160,9 @@ class Grouping:
         limit = self.policy.max_busy(batch.org_id)
         if limit is not None:
             parts = min(parts, limit - self._busy()[batch.org_id])
-        # Sharing is for agents that come free: a band that would interrupt another
-        # batch (agents give theirs back for band 5 only) is not worth that.
-        band = min(max(batch.live.values()), bands.TOP_BAND - 1)
+        # Sharing is for agents that come free: the urgent queue would interrupt
+        # another batch for it.
+        band = min(max(batch.live.values()), bands.TOP_BAND)
         return [self._issue(batch, band) for _ in range(max(0, parts))]
 
     # -- dispatch ------------------------------------------------------------------------

@@ -92,32 +92,31 @@ class Workload:
         return len(self.batches())
 
     def makespan_bound(self, test_s: float | None = None) -> float:
-        """No schedule finishes sooner than: the work over the agents (all of them, or
-        those serving one target); the longest batch on one agent; for any arrival time,
-        that time plus the work that arrives from then on over the agents. `test_s` is
-        what one test costs (default: the simulated duration alone)."""
+        """No schedule finishes sooner than: the longest batch on one agent; for any
+        arrival time, that time plus the work that arrives from then on over the agents
+        that can do it (all of them, or those serving one target: a device agent cannot
+        help with the emulators' last hour). `test_s` is what one test costs (default:
+        the simulated duration alone)."""
         t, i = test_s or self.shape.test_s, self.shape.install_s
         batches = self.batches()
-        work: defaultdict[str, float] = defaultdict(float)
-        for (_, _, target), arrivals in batches.items():
-            work[target] += i + len(arrivals) * t
-        per_target = [
-            work[target] / sum(n for targets, n in self.fleet if target in targets)
-            for target in work
-        ]
 
-        def released(since: float) -> float:
-            """Work of the jobs that arrive at `since` or later (and of their installs)."""
+        def released(target: str | None, since: float) -> float:
+            """Work of the jobs (of `target`, or all) that arrive at `since` or later,
+            and of their installs."""
             return sum(
                 sum(a >= since for a in arrivals) * t + (i if min(arrivals) >= since else 0)
-                for arrivals in batches.values()
+                for (_, _, of), arrivals in batches.items()
+                if target in (None, of)
             )
 
+        def serving(target: str | None) -> int:
+            return sum(n for targets, n in self.fleet if target is None or target in targets)
+
         arrivals = sorted({s.at_s for s in self.submissions})
+        groups = [None, *sorted({target for _, _, target in batches})]
         return max(
-            *per_target,
             max(i + len(jobs) * t for jobs in batches.values()),
-            *(since + released(since) / self.agents for since in arrivals),
+            *(since + released(g, since) / serving(g) for g in groups for since in arrivals),
         )
 
     def naive(self) -> Workload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -9,9 +10,13 @@ import msgspec
 from agent.runners.simulated import SimulatedConfig
 from infra import events as ev
 from infra import nats as qnats
+from infra import rpc
+from orchestrator.claims import CLAIM_LIMIT
 from tests.stack import running_stack, simulated_agents
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
+
     from infra import embedded
 
 
@@ -139,3 +144,35 @@ async def test_a_malformed_ticket_is_dropped_and_the_agent_keeps_working(
         job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
         [view] = await stack.wait_all([job.job_id])
     assert view.status == "passed"
+
+
+async def test_agents_claiming_one_batch_at_the_same_moment_each_get_its_jobs(
+    qg_servers: embedded.Servers,
+) -> None:
+    """Agents sharing a batch choose the same first jobs; the claim that loses those
+    races takes the next ones instead of finding the batch drained."""
+    async with running_stack(qg_servers, []) as stack:
+        jobs = [
+            await stack.submit(app_version_id="v1", test_path=f"tests/t{i}.spec.js")
+            for i in range(3 * CLAIM_LIMIT)
+        ]
+        await stack.settled()
+        batch_id = (await stack.job(jobs[0].job_id)).batch_id
+        nc = await qnats.connect(qg_servers.nats_url, "test")
+        try:
+            answers = await asyncio.gather(
+                *(claim(nc, batch_id, ev.AgentId(f"agent-{n}")) for n in range(3))
+            )
+        finally:
+            await nc.close()
+    assert [len(a.jobs) for a in answers] == [CLAIM_LIMIT] * 3
+    claimed = {job.state.job_id for answer in answers for job in answer.jobs}
+    assert claimed == {job.job_id for job in jobs}, "no job was handed out twice"
+
+
+async def claim(nc: Client, batch_id: str, agent_id: ev.AgentId) -> rpc.ClaimResponse:
+    request = rpc.ClaimRequest(
+        agent_id=agent_id, batch_id=ev.BatchId(batch_id), ticket=1, as_of_seq=0
+    )
+    reply = await nc.request(ev.CLAIM_SUBJECT, msgspec.json.encode(request), timeout=10)
+    return msgspec.json.decode(reply.data, type=rpc.ClaimResponse)

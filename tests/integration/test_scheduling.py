@@ -131,6 +131,34 @@ async def test_an_urgent_job_starts_when_the_current_test_ends_not_the_whole_bat
     assert per_build == {"slow": 1, "hot": 1}, "the agent came back to the build it had"
 
 
+async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(
+    qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only urgent work interrupts a batch: one that waited its way to band 5 goes to the
+    next agent that comes free, and the running batch keeps its install."""
+    agents = simulated_agents(1, runner=runner(install_s=0.05, test_s=0.3))
+    aging_s = 0.1
+    async with scheduled_stack(
+        qg_servers, agents, monkeypatch, QG_AGING_INTERVAL_S=str(aging_s)
+    ) as stack:
+        running = [
+            await stack.submit(app_version_id="run", test_path=f"tests/r{i}.spec.js", priority=1)
+            for i in range(5)
+        ]
+        await stack.reach(running[0].job_id, "running")
+        aged = await stack.submit(app_version_id="aged", test_path="tests/aged.spec.js", priority=1)
+        views = await stack.wait_all([j.job_id for j in [*running, aged]])
+        per_build = await installs(stack)
+    last_started = views[4].started_at
+    assert last_started is not None
+    assert (last_started - views[5].submitted_at).total_seconds() > 4 * aging_s, (
+        "the waiting batch had reached band 5 while the other ran"
+    )
+    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/aged.spec.js"]
+    assert not any("job.released" in v.events for v in views), "a batch was given back"
+    assert per_build == {"run": 1, "aged": 1}
+
+
 async def test_an_urgent_job_interrupts_an_install_and_each_build_still_installs_once(
     qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from infra import bands
 from infra import events as ev
 from projections.dispatch import Grouping
 from projections.grouping import decision_id
@@ -66,7 +67,7 @@ def test_a_more_urgent_job_re_raises_the_live_ticket_into_its_band() -> None:
     g = Grouping()
     g.apply(1, submitted("j1", priority=2))
     raised = one(g.apply(2, submitted("j2", priority=5)))
-    assert (raised.ticket, raised.band) == (2, 5)
+    assert (raised.ticket, raised.band) == (2, bands.URGENT)
     assert g.apply(3, drained(ticket=1)) == [], "the old ticket is stale: spending it does nothing"
     assert list(g.batches["b1"].live) == [2]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from infra import bands
 from infra import events as ev
 from infra.settings import Scheduling
 from projections import splits
@@ -141,7 +142,18 @@ def test_a_more_urgent_job_joining_a_worked_batch_re_raises_it() -> None:
     fold = Fold()
     fold(job(1, priority=2), assigned("j1", batch="acme-v1"), claimed("acme-v1", 1, "a1"))
     [raised] = fold(job(2, priority=5))
-    assert (raised.ticket, raised.band) == (2, 5)
+    assert (raised.ticket, raised.band) == (2, bands.URGENT)
+
+
+def test_an_urgent_job_joining_a_batch_aged_to_band_5_moves_it_to_the_urgent_queue() -> None:
+    """Aging lifts a batch to band 5 and no further; a job submitted at priority 5 is what
+    lets its batch interrupt another between tests."""
+    fold = Fold()
+    [first] = fold(job(1, priority=1))
+    assert [t.band for t in fold.clock(480)] == [5]
+    assert fold.clock(10_000) == [], "waiting never reaches the urgent queue"
+    [raised] = fold(job(2, priority=5, at_s=10_000))
+    assert (first.band, raised.band) == (1, bands.URGENT)
 
 
 # -- fair shares ---------------------------------------------------------------------------
@@ -260,8 +272,8 @@ def test_agents_share_a_batch_only_while_nothing_else_waits_for_them() -> None:
 
 
 def test_a_split_ticket_never_interrupts_another_batch() -> None:
-    """Agents give their batch back for band 5 only: a split ticket of an urgent batch
-    waits in band 4, for an agent that comes free."""
+    """Agents give their batch back for urgent work only: a split ticket of an urgent
+    batch waits in band 5, for an agent that comes free."""
     fold = Fold()
     fold(*(registered(f"a{n}") for n in range(2)))
     fold(*observed("warm", install_s=0.8, test_s=0.04))
@@ -269,4 +281,4 @@ def test_a_split_ticket_never_interrupts_another_batch() -> None:
     fold(assigned("j0", "a0", batch="acme-hot"), claimed("acme-hot", urgent.ticket, "a0"))
     [decision] = fold.g.due(T0)
     [shared] = fold(decision)
-    assert (urgent.band, shared.band) == (5, 4)
+    assert (urgent.band, shared.band) == (bands.URGENT, 5)
