@@ -45,7 +45,9 @@ async def test_a_batch_runs_in_priority_then_submission_order(
 async def test_jobs_arriving_while_a_batch_runs_join_it_without_a_second_install(
     qg_servers: embedded.Servers,
 ) -> None:
-    slow = SimulatedConfig(install_s=0.3, test_s=0.2, jitter=0, fail_rate=0, seed=1)
+    # An install of three tests' length: sharing three jobs with the idle agent would
+    # not make them finish sooner (`projections.splits`), so that agent stays out.
+    slow = SimulatedConfig(install_s=0.6, test_s=0.2, jitter=0, fail_rate=0, seed=1)
     async with running_stack(qg_servers, simulated_agents(2, runner=slow)) as stack:
         first = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
         await stack.reach(first.job_id, "running")

@@ -57,6 +57,21 @@ async def installs(stack: Stack) -> dict[str, int]:
     return {b["app_version_id"]: b["installs"] for b in body["batches"]}
 
 
+async def newcomer_while_running(
+    stack: Stack, priority: int
+) -> tuple[list[api.JobView], dict[str, int]]:
+    """Five priority-1 tests of build `run`; once the first runs, one test of build `new`
+    at `priority`. Every job's view (submission order) and the installs per build."""
+    running = [
+        await stack.submit(app_version_id="run", test_path=f"tests/r{i}.spec.js", priority=1)
+        for i in range(5)
+    ]
+    await stack.reach(running[0].job_id, "running")
+    new = await stack.submit(app_version_id="new", test_path="tests/new.spec.js", priority=priority)
+    views = await stack.wait_all([j.job_id for j in [*running, new]])
+    return views, await installs(stack)
+
+
 async def test_a_free_agent_takes_the_highest_band_first(
     qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,24 +126,17 @@ async def test_an_urgent_job_starts_when_the_current_test_ends_not_the_whole_bat
 ) -> None:
     agents = simulated_agents(1, runner=runner(install_s=0.05, test_s=0.3))
     async with scheduled_stack(qg_servers, agents, monkeypatch) as stack:
-        slow = [
-            await stack.submit(app_version_id="slow", test_path=f"tests/s{i}.spec.js", priority=1)
-            for i in range(5)
-        ]
-        await stack.reach(slow[0].job_id, "running")
-        urgent = await stack.submit(app_version_id="hot", test_path="tests/hot.spec.js", priority=5)
-        views = await stack.wait_all([j.job_id for j in [*slow, urgent]])
-        per_build = await installs(stack)
+        views, per_build = await newcomer_while_running(stack, priority=5)
     assert run_order(views) == [
-        "tests/s0.spec.js",
-        "tests/hot.spec.js",
-        *(f"tests/s{i}.spec.js" for i in range(1, 5)),
+        "tests/r0.spec.js",
+        "tests/new.spec.js",
+        *(f"tests/r{i}.spec.js" for i in range(1, 5)),
     ]
     waited = views[1:5]  # given back unstarted, or still queued when the claim was made
     assert any("job.released" in v.events for v in waited), "nothing was given back"
     assert all(v.attempt == 1 for v in waited), "a job given back had an attempt counted"
     assert {v.status for v in views} == {"passed"}
-    assert per_build == {"slow": 1, "hot": 1}, "the agent came back to the build it had"
+    assert per_build == {"run": 1, "new": 1}, "the agent came back to the build it had"
 
 
 async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(
@@ -141,22 +149,15 @@ async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(
     async with scheduled_stack(
         qg_servers, agents, monkeypatch, QG_AGING_INTERVAL_S=str(aging_s)
     ) as stack:
-        running = [
-            await stack.submit(app_version_id="run", test_path=f"tests/r{i}.spec.js", priority=1)
-            for i in range(5)
-        ]
-        await stack.reach(running[0].job_id, "running")
-        aged = await stack.submit(app_version_id="aged", test_path="tests/aged.spec.js", priority=1)
-        views = await stack.wait_all([j.job_id for j in [*running, aged]])
-        per_build = await installs(stack)
+        views, per_build = await newcomer_while_running(stack, priority=1)
     last_started = views[4].started_at
     assert last_started is not None
     assert (last_started - views[5].submitted_at).total_seconds() > 4 * aging_s, (
         "the waiting batch had reached band 5 while the other ran"
     )
-    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/aged.spec.js"]
+    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/new.spec.js"]
     assert not any("job.released" in v.events for v in views), "a batch was given back"
-    assert per_build == {"run": 1, "aged": 1}
+    assert per_build == {"run": 1, "new": 1}
 
 
 async def test_an_urgent_job_interrupts_an_install_and_each_build_still_installs_once(
