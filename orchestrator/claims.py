@@ -74,8 +74,10 @@ class ClaimService:
             return rpc.ClaimResponse(jobs=[], error="read model is behind; try again")
         async with self._pool.acquire() as conn:
             held = await queries.held_by(conn, request.agent_id)
+            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
         kept = await self._reconcile(request, held)
-        jobs = kept + await self._assign_next(request, CLAIM_LIMIT - len(kept))
+        limit = max(0, CLAIM_LIMIT - len(kept))
+        jobs = kept + await self._assign_next(request, pending[:limit], limit)
         await self._events.append(outcome(request, len(jobs)))
         log.info(
             "batch_claimed",
@@ -118,14 +120,15 @@ class ClaimService:
         with contextlib.suppress(ConcurrencyConflict):
             await self._events.append(event, expected_seq=state.version)
 
-    async def _assign_next(self, request: rpc.ClaimRequest, limit: int) -> list[rpc.ClaimedJob]:
-        """Up to `limit` of the batch's pending jobs, assigned to the agent. Agents sharing
-        a batch claim at the same moment and choose the same first jobs: a claim that lost
-        every one of them looks again once the read model shows where they went, instead
-        of taking the batch for drained while it still has jobs."""
-        for _ in range(CLAIM_ROUNDS if limit > 0 else 0):
-            async with self._pool.acquire() as conn:
-                pending = await queries.pending_in_batch(conn, request.batch_id, limit)
+    async def _assign_next(
+        self, request: rpc.ClaimRequest, pending: list[lifecycle.JobState], limit: int
+    ) -> list[rpc.ClaimedJob]:
+        """The `pending` jobs (up to `limit` of the batch's), assigned to the agent as far
+        as they still can be. Agents sharing a batch claim at the same moment and choose
+        the same first jobs: a claim that lost every one of them looks again once the read
+        model shows where they went, instead of taking the batch for drained while it
+        still has jobs."""
+        for _ in range(CLAIM_ROUNDS):
             tries = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
             assigned = [t for t in tries if isinstance(t, rpc.ClaimedJob)]
             moved_to = [t for t in tries if isinstance(t, int)]
@@ -136,6 +139,8 @@ class ClaimService:
             )
             if not caught_up:
                 break
+            async with self._pool.acquire() as conn:
+                pending = await queries.pending_in_batch(conn, request.batch_id, limit)
         return []
 
     async def _assign(
