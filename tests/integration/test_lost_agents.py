@@ -43,8 +43,10 @@ async def test_an_agent_restarted_under_its_id_gets_back_the_job_its_old_self_he
     qg_servers: embedded.Servers,
 ) -> None:
     # A long heartbeat TTL: the restarted process keeps the key alive, so only its new
-    # registration can tell that the job's holder is gone.
-    async with running_stack(qg_servers, [], agent_ttl_s=6.0, ticket_ack_wait_s=2.0) as stack:
+    # registration can tell that the job's holder is gone. The dead process's ticket comes
+    # back after the sweep (every 3 s) has requeued the job: claimed sooner, the job would
+    # be errored by the claim's reconciliation instead, for another reason.
+    async with running_stack(qg_servers, [], agent_ttl_s=6.0, ticket_ack_wait_s=6.0) as stack:
         first = await start_agent(qg_servers, test_s="600", ttl_s="6")
         try:
             job = await stack.submit(app_version_id="v1", test_path="tests/a.spec.js")
