@@ -135,20 +135,30 @@ async def _drained(events: EventLog, subject: str) -> ev.BatchDrained:
             await asyncio.sleep(0.05)
 
 
+REFUSALS_TIMEOUT_S = 5.0
+
+
 class Refusals:
     """What the server refused one connection, as nats-py reports it (an error callback:
     the connection stays open)."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self._came = asyncio.Condition()
 
     async def record(self, error: Exception) -> None:
-        self.errors.append(str(error).removeprefix("nats: "))
+        async with self._came:
+            self.errors.append(str(error).removeprefix("nats: "))
+            self._came.notify_all()
 
-    async def reported(self, nc: Client) -> list[str]:
-        """Every refusal of what `nc` sent so far: the server reports a violation before
-        it answers the PING that `flush` sends."""
+    async def reported(self, nc: Client, expected: int = 0) -> list[str]:
+        """Every refusal of what `nc` sent so far, once `expected` of them came: the
+        server reports most violations before it answers the PING that `flush` sends,
+        but one on a JetStream API subject (reached through the account's imports) may
+        come after it."""
         await nc.flush()
+        async with asyncio.timeout(REFUSALS_TIMEOUT_S), self._came:
+            await self._came.wait_for(lambda: len(self.errors) >= expected)
         return self.errors
 
 
@@ -270,7 +280,7 @@ async def test_agent_credentials_cannot_publish_outside_an_agents_subjects(
     for subject, _ in OUT_OF_BOUNDS:
         await agent_nc.publish(subject, b"{}", reply=agent_nc.new_inbox())
 
-    reported = await refusals.reported(agent_nc)
+    reported = await refusals.reported(agent_nc, expected=len(OUT_OF_BOUNDS))
     after = {info.config.name: info.state.messages for info in await js.streams_info()}
     assert reported == [
         f'permissions violation for publish to "{refused.lower()}"' for _, refused in OUT_OF_BOUNDS
