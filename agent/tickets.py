@@ -133,14 +133,10 @@ class TicketSource:
 
     async def _fetch(self, key: Key, waiting: int, rank: Callable[[Msg], int]) -> Msg | None:
         """The best of up to CHOICES tickets of one queue; the others go back at once."""
-        sub = self._subs[key]
-        msgs: list[Msg] = []
-        for _ in range(min(waiting, CHOICES)):
-            try:
-                msgs += await sub.fetch(1, timeout=FETCH_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break  # another agent was faster, or nothing was due for redelivery yet
-        if not msgs:
+        try:
+            msgs = await qnats.fetch_ready(self._subs[key], min(waiting, CHOICES), FETCH_S)
+        except (TimeoutError, nats.errors.TimeoutError):
+            # Another agent was faster, or nothing was due for redelivery yet.
             self._given_back.discard(key)
             return None
         chosen = min(msgs, key=rank)

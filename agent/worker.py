@@ -6,9 +6,10 @@ at priority 5, unless `preempt_band` lets lower bands in too); when it gets one,
 back the jobs it has not started (`JobReleased`, no attempt counted) and the batch
 (`BatchYielded`, which spends its ticket so the jobs get a fresh one), and works the
 urgent ticket at once. A job of priority 5 thus waits for one test, not for a whole
-batch. Other bands, band 5 reached by waiting included, wait for the batch to end:
-interrupting a batch costs its build a second install when another agent picks it up,
-which only urgent work is worth."""
+batch. An agent left with the last few jobs of its batch, fewer than would pay for
+another agent's install, runs them first. Other bands, band 5 reached by waiting
+included, wait for the batch to end: interrupting a batch costs its build a second
+install when another agent picks it up, which only urgent work is worth."""
 
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How much of one attempt's output is kept."""
 
 
-_TEST_WEIGHT = 0.2
-"""Of each test's duration in the agent's moving average."""
+_WEIGHT = 0.2
+"""Of each new duration in the agent's moving averages."""
 _RETRY_FIRST_S = 0.5
 _RETRY_CAP_S = 5.0
 """Between two tries of a claim, or of a batch that failed: doubling up to this."""
@@ -115,6 +116,10 @@ class Agent:
         self._tickets = TicketSource(nc, config.targets)
         self._test_s: float | None = None
         """How long a test takes here, start to verdict (a moving average)."""
+        self._install_s: float | None = None
+        """How long an install takes here (a moving average)."""
+        self._last_claimed: tuple[ev.JobId, ...] = ()
+        """The jobs of this agent's last claim that assigned any: run or given back."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work tickets until `stop` is set; a batch in progress gives back its unstarted
@@ -218,9 +223,8 @@ class Agent:
             agent_id=self.config.agent_id,
             batch_id=ticket.batch_id,
             ticket=ticket.ticket,
-            # The read model must also show this agent's own last writes, or it would
-            # take jobs the agent finished for jobs it still holds.
-            as_of_seq=max(ticket.as_of_seq, self._events.last_job_seq),
+            as_of_seq=ticket.as_of_seq,
+            holding=self._last_claimed,
         )
         try:
             reply = await self._nc.request(
@@ -241,17 +245,28 @@ class Agent:
             if not claim.jobs:
                 return _Done(spent=True)
             jobs = [job.state for job in claim.jobs]
-            stopped = await self._ensure_installed(ticket, jobs)
+            self._last_claimed = tuple(job.job_id for job in jobs)
+            stopped = await self._ensure_installed(ticket, jobs, more=claim.more)
             if stopped is not None:
                 return stopped
             for index, job in enumerate(jobs):
                 if stop.is_set():
                     await self._give_back(ticket, jobs[index:], "agent stopping")
                     return _Done(spent=True)
-                urgent = await self._urgent(ticket)
-                if urgent is not None:
-                    return await self._preempted(ticket, jobs[index:], urgent)
+                if self._worth_giving_back(len(jobs) - index, more=claim.more):
+                    urgent = await self._urgent(ticket)
+                    if urgent is not None:
+                        return await self._preempted(ticket, jobs[index:], urgent)
                 await self._run(job)
+
+    def _worth_giving_back(self, unstarted: int, *, more: bool) -> bool:
+        """Whether the rest of the batch is worth giving back for urgent work: not when
+        it is the batch's last few jobs and they take less time here than the install
+        another agent would make for them. The urgent work then waits those few tests
+        for this agent, or takes another that comes free first."""
+        if more or self._test_s is None or self._install_s is None:
+            return True
+        return unstarted * self._test_s >= self._install_s
 
     async def _urgent(self, ticket: ev.WorkTicket, grace_s: float = PREEMPT_GRACE_S) -> Msg | None:
         """A ticket urgent enough to interrupt this one's batch, if there is one now that
@@ -287,20 +302,22 @@ class Agent:
         log.info("batch_yielded", **_batch_keys(ticket), jobs=len(unstarted), reason=reason)
 
     async def _ensure_installed(
-        self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState]
+        self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState], *, more: bool
     ) -> _Done | None:
         """Install the ticket's build unless the device has it; None once it has. An
-        urgent ticket interrupts the install: the jobs go back unstarted, and the batch
-        pays for one install still, not for one here and another where it goes."""
+        urgent ticket interrupts the install, unless the jobs are the batch's last few
+        (`_worth_giving_back`): the jobs go back unstarted, and the batch pays for one
+        install still, not for one here and another where it goes."""
         if self._installed.use(ticket):
             return None
         loop = asyncio.get_running_loop()
         started = loop.time()
         install = asyncio.ensure_future(self._install(ticket))
-        urgent = await self._during(install, ticket)
-        if urgent is not None:
-            return await self._preempted(ticket, jobs, urgent, " during the install")
-        failure = install.result()
+        if self._worth_giving_back(len(jobs), more=more):
+            urgent = await self._during(install, ticket)
+            if urgent is not None:
+                return await self._preempted(ticket, jobs, urgent, " during the install")
+        failure = await install
         if failure is not None:
             log.warning("install_failed", **_batch_keys(ticket), error=failure)
             for job in jobs:
@@ -309,6 +326,8 @@ class Agent:
             await self._give_back(ticket, [], "install failed")
             return _Done(spent=True)
         self._installed.add(ticket)
+        took = loop.time() - started
+        self._install_s = _moving_average(self._install_s, took)
         await self._events.append(
             ev.BuildInstalled(
                 at=ev.utcnow(),
@@ -316,7 +335,7 @@ class Agent:
                 agent_id=self.config.agent_id,
                 app_version_id=ticket.app_version_id,
                 target=ticket.target,
-                duration_s=loop.time() - started,
+                duration_s=took,
             )
         )
         log.info("build_installed", **_batch_keys(ticket), app_version_id=ticket.app_version_id)
@@ -392,9 +411,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._run_test(job)
-        took = loop.time() - started
-        mean = self._test_s
-        self._test_s = took if mean is None else mean + _TEST_WEIGHT * (took - mean)
+        self._test_s = _moving_average(self._test_s, loop.time() - started)
 
     async def _run_test(self, job: lifecycle.JobState) -> None:
         agent_id = self.config.agent_id
@@ -449,3 +466,7 @@ class Agent:
                 verdict=ev.tag_of(verdict),
                 stream_seq=finished.version,
             )
+
+
+def _moving_average(mean: float | None, seconds: float) -> float:
+    return seconds if mean is None else mean + _WEIGHT * (seconds - mean)

@@ -75,9 +75,6 @@ class EventLog:
         self._js = nc.jetstream()
         self._acks = AckPipeline(nc)
         self._timeout_s = timeout_s
-        self.last_job_seq = 0
-        """The highest stream sequence of a job event this log appended: a reader that
-        must see this writer's own job events waits for the jobs read model to reach it."""
 
     async def append(
         self, event: ev.Event, *, msg_id: str | None = None, expected_seq: int | None = None
@@ -102,16 +99,6 @@ class EventLog:
         except TimeoutError:
             self._acks.forget(futures)
             raise
-        self.last_job_seq = max(
-            [
-                self.last_job_seq,
-                *(
-                    ack.seq
-                    for append, ack in zip(appends, acks, strict=True)
-                    if ack.error is None and isinstance(append.event, ev.JobEvent)
-                ),
-            ]
-        )
         return [_outcome(append, ack) for append, ack in zip(appends, acks, strict=True)]
 
     async def last(self, subject: str) -> tuple[int, ev.Event] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from infra import bands, logstore
 from infra import events as ev
 
 if TYPE_CHECKING:
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
@@ -162,3 +164,31 @@ async def declare_work_consumers(js: JetStreamContext, ack_wait_s: float) -> Non
                     max_ack_pending=-1,
                 ),
             )
+
+
+async def fetch_ready(
+    sub: JetStreamContext.PullSubscription, limit: int, wait_s: float
+) -> list[Msg]:
+    """Up to `limit` messages as soon as there is one: waits up to `wait_s` for the
+    first, then takes the ones the consumer already has for us. A plain
+    `fetch(limit, timeout)` returns only once `limit` messages came or its pull request
+    expired (nats-py collects until then), so a consumer following a quiet stream would
+    see each event up to `wait_s` late. Raises TimeoutError when nothing came."""
+    msgs = await sub.fetch(1, timeout=wait_s)
+    ready = min(msgs[-1].metadata.num_pending, limit - len(msgs))
+    if ready > 0:
+        try:
+            msgs += await sub.fetch(ready, timeout=wait_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            msgs += fetch_timed_out()  # taken meanwhile (a purge, another consumer)
+    return msgs
+
+
+def fetch_timed_out() -> list[Msg]:
+    """What a fetch that timed out gives: nothing, unless the task is being cancelled.
+    nats-py's `fetch` can turn a cancellation into a TimeoutError; a loop that shrugged
+    it off would never stop (a projector that hangs instead of exiting)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return []

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from infra.events import AgentId, BatchId
+from infra.events import AgentId, BatchId, JobId
 from infra.lifecycle import JobState
 
 
@@ -18,6 +18,10 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     ticket: int
     as_of_seq: int = 0
     """Wait until the read model has folded at least this stream sequence."""
+    holding: tuple[JobId, ...] = ()
+    """The jobs of the agent's last claim, which it ran or gave back: the read model may
+    not show their last events yet, so the claim leaves them alone rather than take them
+    for jobs the agent lost track of."""
 
 
 class ClaimedJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +35,8 @@ class ClaimResponse(msgspec.Struct, frozen=True, kw_only=True):
     """The jobs now assigned to the agent, in run order; empty: the ticket is spent."""
 
     jobs: list[ClaimedJob]
+    more: bool = False
+    """The batch had pending jobs beyond these: the agent's work on it goes on after them."""
     error: str | None = None
 
 

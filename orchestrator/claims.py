@@ -10,12 +10,17 @@ NATS restarted, after the jobs were assigned); a job it holds elsewhere is relea
 about is an infrastructure error (`JobErrored`, then a retry or `dead`). The agent asks
 again with the same ticket until it gets an answer, so a lost answer strands no job for
 longer than the agent's next try.
+
+A claim does not wait for the read model to show the agent's own last writes: the jobs
+of its last claim, which it names (`holding`), are left alone, and every other action
+is an append guarded by the job's version, so a row read before the job moved on
+changes nothing. An agent thus claims its next jobs as soon as its last test ends,
+instead of a projector's write later.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -74,8 +79,9 @@ class ClaimService:
             return rpc.ClaimResponse(jobs=[], error="read model is behind; try again")
         async with self._pool.acquire() as conn:
             held = await queries.held_by(conn, request.agent_id)
-            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
-        kept = await self._reconcile(request, held)
+            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT + 1)
+        holding = set(request.holding)
+        kept = await self._reconcile(request, [s for s in held if s.job_id not in holding])
         limit = max(0, CLAIM_LIMIT - len(kept))
         jobs = kept + await self._assign_next(request, pending[:limit], limit)
         await self._events.append(outcome(request, len(jobs)))
@@ -87,7 +93,7 @@ class ClaimService:
             kept=len(kept),
             ticket=request.ticket,
         )
-        return rpc.ClaimResponse(jobs=jobs)
+        return rpc.ClaimResponse(jobs=jobs, more=len(pending) > limit)
 
     async def _reconcile(
         self, request: rpc.ClaimRequest, held: list[lifecycle.JobState]
@@ -97,7 +103,7 @@ class ClaimService:
         kept: list[rpc.ClaimedJob] = []
         for state in held:
             if state.status is ev.JobStatus.RUNNING:
-                await requeue.error_job(
+                acted = await requeue.error_job(
                     self._events,
                     state,
                     request.agent_id,
@@ -107,18 +113,26 @@ class ClaimService:
                 )
             elif state.batch_id == request.batch_id:
                 kept.append(rpc.ClaimedJob(state=state))
+                acted = True
             else:
-                await self._release(state, request.agent_id)
-            log.warning("held_job_reconciled", **qlogging.job_keys(state), status=str(state.status))
+                acted = await self._release(state, request.agent_id)
+            if acted:
+                log.warning(
+                    "held_job_reconciled", **qlogging.job_keys(state), status=str(state.status)
+                )
         return kept
 
-    async def _release(self, state: lifecycle.JobState, agent_id: ev.AgentId) -> None:
+    async def _release(self, state: lifecycle.JobState, agent_id: ev.AgentId) -> bool:
+        """Give the job back; False when it moved on meanwhile (cancelled, say, or its
+        row was read before the agent's own last write), and nothing is left to do."""
         event = ev.JobReleased(
             at=ev.utcnow(), job_id=state.job_id, agent_id=agent_id, reason=LEFT_BEHIND
         )
-        # A conflict: it moved on meanwhile (cancelled, say), nothing left to give back.
-        with contextlib.suppress(ConcurrencyConflict):
+        try:
             await self._events.append(event, expected_seq=state.version)
+        except ConcurrencyConflict:
+            return False
+        return True
 
     async def _assign_next(
         self, request: rpc.ClaimRequest, pending: list[lifecycle.JobState], limit: int
@@ -129,7 +143,7 @@ class ClaimService:
         model shows where they went, instead of taking the batch for drained while it
         still has jobs."""
         for _ in range(CLAIM_ROUNDS):
-            tries = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
+            tries = await asyncio.gather(*(self._assign(s, request) for s in pending))
             assigned = [t for t in tries if isinstance(t, rpc.ClaimedJob)]
             moved_to = [t for t in tries if isinstance(t, int)]
             if assigned or not moved_to:
@@ -144,28 +158,29 @@ class ClaimService:
         return []
 
     async def _assign(
-        self, state: lifecycle.JobState, agent_id: ev.AgentId
+        self, state: lifecycle.JobState, request: rpc.ClaimRequest
     ) -> rpc.ClaimedJob | int:
         """The job, assigned to the agent; else the sequence of the event that moved it
         on since the read model saw it."""
-        event = domain.assign(state, agent_id, ev.utcnow())
+        event = domain.assign(state, request.agent_id, ev.utcnow())
         try:
             appended = await self._events.append(event, expected_seq=state.version)
         except ConcurrencyConflict:
-            return await self._if_already_theirs(state.job_id, agent_id)
+            return await self._if_already_theirs(state.job_id, request)
         return rpc.ClaimedJob(state=lifecycle.evolve(state, event, appended.seq))
 
     async def _if_already_theirs(
-        self, job_id: ev.JobId, agent_id: ev.AgentId
+        self, job_id: ev.JobId, request: rpc.ClaimRequest
     ) -> rpc.ClaimedJob | int:
         """A job that moved on since the read model saw it: the agent's still, if an
         earlier claim of the same agent, answered meanwhile, assigned it (its answer may be
-        the one that was lost); else cancelled or taken by another agent, and then the
-        sequence of its last event."""
+        the one that was lost) and it is not one the agent says it had; else cancelled or
+        taken by another agent, and then the sequence of its last event."""
         state = lifecycle.fold(await self._events.read_job(job_id))
         if state is None:
             return 0
-        if state.status is ev.JobStatus.ASSIGNED and state.agent_id == agent_id:
+        theirs = state.status is ev.JobStatus.ASSIGNED and state.agent_id == request.agent_id
+        if theirs and job_id not in request.holding:
             return rpc.ClaimedJob(state=state)
         return state.version
 

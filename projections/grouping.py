@@ -21,9 +21,10 @@ import structlog
 from nats.js import api
 
 from infra import events as ev
+from infra import nats as qnats
 from infra import settings
 from projections.dispatch import Grouping
-from projections.runner import decode_batch, fetch_ready, fetch_timed_out
+from projections.runner import decode_batch
 
 if TYPE_CHECKING:
     import asyncio
@@ -134,9 +135,9 @@ class GroupingProjector:
                 if live:
                     await self._decide(ev.utcnow())
                 try:
-                    msgs = await fetch_ready(sub, 1000, wait_s=TICK_S)
+                    msgs = await qnats.fetch_ready(sub, 1000, wait_s=TICK_S)
                 except (TimeoutError, nats.errors.TimeoutError):
-                    fetch_timed_out()  # raises if this task is being cancelled
+                    qnats.fetch_timed_out()  # raises if this task is being cancelled
                     continue
                 events, self.position = decode_batch(msgs, self.position)
                 issued = [t for seq, event in events for t in self.grouping.apply(seq, event)]

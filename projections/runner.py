@@ -88,34 +88,6 @@ def decode_batch(
     return events, last
 
 
-async def fetch_ready(
-    sub: JetStreamContext.PullSubscription, limit: int, wait_s: float
-) -> list[Msg]:
-    """Up to `limit` messages as soon as there is one: waits up to `wait_s` for the
-    first, then takes the ones the consumer already has for us. A plain
-    `fetch(limit, timeout)` returns only once `limit` messages came or its pull request
-    expired (nats-py collects until then), so a consumer following a quiet stream would
-    see each event up to `wait_s` late. Raises TimeoutError when nothing came."""
-    msgs = await sub.fetch(1, timeout=wait_s)
-    ready = min(msgs[-1].metadata.num_pending, limit - len(msgs))
-    if ready > 0:
-        try:
-            msgs += await sub.fetch(ready, timeout=wait_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            msgs += fetch_timed_out()  # taken by a purge meanwhile; the first ones stand
-    return msgs
-
-
-def fetch_timed_out() -> list[Msg]:
-    """What a fetch that timed out gives: nothing, unless the task is being cancelled.
-    nats-py's `fetch` can turn a cancellation into a TimeoutError; a loop that shrugged
-    it off would never stop (a projector that hangs instead of exiting)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-    return []
-
-
 class ProjectionRunner:
     """Keeps one projection up to date with QG_EVENTS."""
 
@@ -181,9 +153,9 @@ class ProjectionRunner:
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
-            return await fetch_ready(sub, self._batch_size, wait_s=1.0)
+            return await qnats.fetch_ready(sub, self._batch_size, wait_s=1.0)
         except (TimeoutError, nats.errors.TimeoutError):
-            return fetch_timed_out()
+            return qnats.fetch_timed_out()
 
     async def run(self, stop: asyncio.Event, *, catch_up: bool = False) -> None:
         """Apply events until `stop` is set; with `catch_up`, return once every event

@@ -139,6 +139,19 @@ async def test_an_urgent_job_starts_when_the_current_test_ends_not_the_whole_bat
     assert per_build == {"run": 1, "new": 1}, "the agent came back to the build it had"
 
 
+async def test_the_last_few_jobs_of_a_batch_run_before_urgent_work_rather_than_install_again(
+    qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four tests left take less time than the install another agent would make for
+    them: the agent runs them, then the urgent job."""
+    agents = simulated_agents(1, runner=runner(install_s=0.8, test_s=0.1))
+    async with scheduled_stack(qg_servers, agents, monkeypatch) as stack:
+        views, per_build = await newcomer_while_running(stack, priority=5)
+    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/new.spec.js"]
+    assert not any("job.released" in v.events for v in views), "a batch was given back"
+    assert per_build == {"run": 1, "new": 1}
+
+
 async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(
     qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -115,13 +115,13 @@ class AgentModel:
     must_install: bool = False
     running: lifecycle.JobState | None = None
     installed: set[tuple[str, str, str]] = field(default_factory=set)
-    written: int = 0
-    """The last stream sequence of a job event it appended (`EventLog.last_job_seq`)."""
+    last_claimed: tuple[ev.JobId, ...] = ()
+    """The jobs of its last claim that assigned any (`Agent._last_claimed`)."""
 
     def forget(self) -> None:
         self.ticket, self.claimed, self.must_install, self.running = None, [], False, None
         self.installed.clear()
-        self.written = 0
+        self.last_claimed = ()
 
 
 def install_key(ticket: ev.WorkTicket) -> tuple[str, str, str]:
@@ -233,8 +233,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.job_ids: list[str] = []
         self.last_job_seq = 0
         self.log.listeners.append(self._on_append)
-        self.writer: AgentModel | None = None
-        """The agent whose step is appending, if one is."""
         self.agents = {a: AgentModel(ev.AgentId(a), t) for a, t in AGENT_TARGETS.items()}
         for agent in self.agents.values():
             self._register(agent)
@@ -266,8 +264,6 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert claim in self.claims, f"{event.agent_id} installed unclaimed {event.batch_id}"
         if isinstance(event, ev.JobEvent):
             self.last_job_seq = seq
-        if self.writer is not None and isinstance(event, ev.JobEvent):
-            self.writer.written = seq
         for ticket in self.grouping.apply(seq, event):
             self.queue.publish(ticket)
 
@@ -345,13 +341,6 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _work(self, a: AgentModel, outcome: Outcome) -> bool:
         """One step of `Agent._work_batch`; False when the agent had nothing to do. A
         crashed agent's next step is its supervisor restarting it, when it may."""
-        self.writer = a
-        try:
-            return self._step(a, outcome)
-        finally:
-            self.writer = None
-
-    def _step(self, a: AgentModel, outcome: Outcome) -> bool:
         if not a.up:
             return self._restart(a.agent_id)
         if a.running is not None:
@@ -426,13 +415,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             agent_id=a.agent_id,
             batch_id=ticket.batch_id,
             ticket=ticket.ticket,
-            as_of_seq=max(ticket.as_of_seq, a.written),
+            as_of_seq=ticket.as_of_seq,
+            holding=a.last_claimed,
         )
-        writer, self.writer = self.writer, None  # the claim service writes, not the agent
-        try:
-            response = self._run(self.claim_service.claim(request))
-        finally:
-            self.writer = writer
+        response = self._run(self.claim_service.claim(request))
         return msgspec.json.decode(msgspec.json.encode(response), type=rpc.ClaimResponse)
 
     def _claim(self, a: AgentModel) -> None:
@@ -445,6 +431,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             a.ticket = None
         else:
             a.claimed = [job.state for job in response.jobs]
+            a.last_claimed = tuple(job.job_id for job in a.claimed)
             a.must_install = install_key(ticket) not in a.installed
 
     def _register(self, a: AgentModel) -> None:
