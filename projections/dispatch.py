@@ -69,8 +69,6 @@ class Grouping:
                 return self._pend(event.job_id, wait, seq, event.at)
             case ev.JobRetried() if event.job_id in self._jobs:
                 batch, wait = self._jobs[event.job_id]
-                if event.duration_s is not None:
-                    self.durations.tested(batch.target, event.duration_s)
                 start = event.not_before or event.at
                 wait = Pending(wait.priority, start, event.not_before)
                 self._jobs[event.job_id] = (batch, wait)
@@ -80,13 +78,16 @@ class Grouping:
                 return self._pend(event.job_id, wait, seq, event.at)
             case ev.JobAssigned() if event.job_id in self._jobs:
                 return self._leave(event.job_id, event.at, finished=False)
+            case ev.JobStarted():
+                self.durations.started(event.agent_id)
             case ev.JobPassed() | ev.JobFailed() if event.job_id in self._jobs:
-                self.durations.tested(self._jobs[event.job_id][0].target, event.duration_s)
+                batch = self._jobs[event.job_id][0]
+                self.durations.tested(event.agent_id, batch.batch_id, batch.target, event.at)
                 return self._leave(event.job_id, event.at, finished=True)
             case ev.JobDead() | ev.JobCancelled() if event.job_id in self._jobs:
                 return self._leave(event.job_id, event.at, finished=True)
             case ev.BuildInstalled():
-                self.durations.installed(event.target, event.duration_s)
+                self.durations.installed(event)
                 if event.batch_id in self.batches:
                     self.batches[event.batch_id].installed(event.agent_id)
             case ev.BatchClaimed() if event.batch_id in self.batches:
@@ -283,8 +284,8 @@ class Grouping:
         return decisions + self._splits(now)
 
     def _splits(self, now: datetime) -> list[ev.BatchDue | ev.BatchSplit]:
-        """Idle agents join the batches they make finish sooner (`projections.splits`)."""
-        idle = self._idle()
+        """Idle agents join the batches they make finish sooner (`projections.splits`);
+        an agent serving several targets is counted for one of them."""
         workers: Counter[str] = Counter(batch.batch_id for batch in self.working.values())
         shared: defaultdict[ev.Target, dict[str, splits.Worked]] = defaultdict(dict)
         for batch in [*self._offering.values(), *self.working.values()]:
@@ -294,13 +295,20 @@ class Grouping:
                     batch.ready_count(now),
                     workers[batch.batch_id] + len(batch.offered),
                 )
+        idle = {a: targets for a, targets in self.agents.items() if a not in self.working}
+        for target in ev.Target:  # a waiting ticket takes an idle agent first
+            for agent_id in _serving(idle, target)[: self._waiting_tickets(target)]:
+                del idle[agent_id]
         decisions: list[ev.BatchDue | ev.BatchSplit] = []
-        for target, batches in shared.items():
+        for target in sorted(shared):
+            free = _serving(idle, target)
             install_s = self.durations.install_s.get(target)
             test_s = self.durations.test_s.get(target)
-            if idle[target] <= 0 or install_s is None or test_s is None:
+            if not free or install_s is None or test_s is None:
                 continue
-            joined = splits.share(list(batches.values()), idle[target], install_s, test_s)
+            joined = splits.share(list(shared[target].values()), len(free), install_s, test_s)
+            for agent_id in free[: sum(split.parts for split in joined.values())]:
+                del idle[agent_id]
             decisions += [
                 ev.BatchSplit(
                     at=now,
@@ -313,15 +321,15 @@ class Grouping:
             ]
         return decisions
 
-    def _idle(self) -> Counter[ev.Target]:
-        """Per target: agents serving it that work nothing and that no waiting ticket or
-        batch will soon take."""
-        idle: Counter[ev.Target] = Counter()
-        for agent_id, targets in self.agents.items():
-            if agent_id not in self.working:
-                idle.update(targets)
-        for batch in self._offering.values():
-            idle[batch.target] -= len(batch.offered)
-        for target, wanting in self._wanting.items():
-            idle[target] -= len(wanting)
-        return idle
+    def _waiting_tickets(self, target: ev.Target) -> int:
+        """Tickets of the target in its queues, and batches waiting for one: each will
+        soon take an idle agent."""
+        offered = sum(len(b.offered) for b in self._offering.values() if b.target is target)
+        return offered + len(self._wanting[target])
+
+
+def _serving(idle: dict[ev.AgentId, tuple[ev.Target, ...]], target: ev.Target) -> list[ev.AgentId]:
+    """The idle agents serving `target`, those serving it alone first."""
+    return sorted(
+        (a for a, targets in idle.items() if target in targets), key=lambda a: (len(idle[a]), a)
+    )

@@ -67,8 +67,11 @@ def drained(batch: str, ticket: int, agent: str, at_s: float = 0.0) -> ev.BatchD
     )
 
 
-def observed(build: str, install_s: float, test_s: float) -> tuple[ev.Event, ...]:
-    """Events that give the fold its install and test durations for the emulator."""
+def observed(
+    build: str, install_s: float, test_s: float, target: ev.Target = ev.Target.EMULATOR
+) -> tuple[ev.Event, ...]:
+    """Events that give the fold its install and test durations for `target`: the test
+    costs its agent `test_s`, of which its runner timed half."""
     batch_id = ev.BatchId(f"acme-{build}")
     return (
         ev.BuildInstalled(
@@ -76,24 +79,28 @@ def observed(build: str, install_s: float, test_s: float) -> tuple[ev.Event, ...
             batch_id=batch_id,
             agent_id=ev.AgentId("a0"),
             app_version_id=build,
-            target=ev.Target.EMULATOR,
+            target=target,
             duration_s=install_s,
         ),
-        submitted(f"{build}-job", batch_id=batch_id, app_version_id=build),
+        submitted(f"{build}-job", batch_id=batch_id, app_version_id=build, target=target),
+        ev.JobStarted(at=T0, job_id=ev.JobId(f"{build}-job"), agent_id=ev.AgentId("a0"), attempt=1),
         ev.JobPassed(
-            at=T0,
+            at=T0 + timedelta(seconds=test_s),
             job_id=ev.JobId(f"{build}-job"),
             agent_id=ev.AgentId("a0"),
             attempt=1,
-            duration_s=test_s,
+            duration_s=test_s / 2,
         ),
         drained(batch_id, 1, "a0"),
     )
 
 
-def registered(agent: str) -> ev.AgentRegistered:
+def registered(agent: str, *targets: ev.Target) -> ev.AgentRegistered:
     return ev.AgentRegistered(
-        at=T0, agent_id=ev.AgentId(agent), targets=(ev.Target.EMULATOR,), runner="simulated"
+        at=T0,
+        agent_id=ev.AgentId(agent),
+        targets=targets or (ev.Target.EMULATOR,),
+        runner="simulated",
     )
 
 
@@ -236,19 +243,47 @@ def test_a_large_batch_is_split_when_idle_agents_finish_it_sooner() -> None:
     assert fold.g.due(T0) == [], "the idle agents are spoken for"
 
 
+def test_a_test_costs_its_agent_the_time_from_its_last_work_on_the_batch_to_the_verdict() -> None:
+    durations = splits.Durations()
+    agent, batch, target = ev.AgentId("a1"), "b1", ev.Target.EMULATOR
+    install = ev.BuildInstalled(
+        at=T0,
+        batch_id=ev.BatchId(batch),
+        agent_id=agent,
+        app_version_id="v1",
+        target=target,
+        duration_s=0.8,
+    )
+
+    def verdict(at_s: float, started: int = 1, batch_id: str = batch) -> None:
+        for _ in range(started):
+            durations.started(agent)
+        durations.tested(agent, batch_id, target, T0 + timedelta(seconds=at_s))
+
+    durations.installed(install)
+    verdict(0.05)
+    assert durations.test_s[target] == 0.05, "from the end of the install"
+    verdict(0.15, started=2)
+    assert durations.test_s[target] == 0.05, "a retried failure has no verdict: two tests"
+    verdict(5.0, batch_id="b2")
+    verdict(5.05, batch_id="b2")
+    assert durations.test_s[target] == 0.05, "not from the end of work on another batch"
+    assert durations.install_s[target] == 0.8
+
+
 def test_idle_agents_join_a_batch_only_when_it_then_finishes_sooner() -> None:
     def joined(*batches: tuple[int, int], idle: int = 5) -> dict[str, int]:
         worked = [splits.Worked(f"b{jobs}", jobs, agents) for jobs, agents in batches]
         shares = splits.share(worked, idle, install_s=0.8, test_s=0.04)
         return {batch_id: split.parts for batch_id, split in shares.items()}
 
-    assert joined((40, 1)) == {}, "1.6 s left: an install and half of it take as long"
-    assert joined((50, 1)) == {"b50": 1}
-    assert joined((150, 1)) == {"b150": 2}, "a third agent from 121 jobs left"
-    assert joined((150, 2)) == {"b150": 1}, "one agent on it already, one waiting ticket"
-    assert joined((150, 1), idle=1) == {"b150": 1}
-    assert joined((150, 1), (60, 1)) == {"b150": 2, "b60": 1}, "each where it helps most"
-    assert joined((150, 1), (60, 1), idle=2) == {"b150": 1, "b60": 1}
+    assert joined((50, 1)) == {}, "2 s left: 0.2 s sooner with a second agent is in the margin"
+    assert joined((60, 1)) == {"b60": 1}
+    assert joined((200, 1)) == {"b200": 2}, "a third agent from 172 jobs left"
+    assert joined((200, 2)) == {"b200": 1}, "one agent on it already, one waiting ticket"
+    assert joined((200, 1), idle=1) == {"b200": 1}
+    assert joined((200, 1), (60, 1)) == {"b200": 2, "b60": 1}, "each where it helps most"
+    assert joined((200, 1), (60, 1), idle=2) == {"b200": 1, "b60": 1}
 
 
 def test_agents_share_a_batch_only_while_nothing_else_waits_for_them() -> None:
@@ -269,6 +304,21 @@ def test_agents_share_a_batch_only_while_nothing_else_waits_for_them() -> None:
     [decision] = fold.g.due(T0)
     assert isinstance(decision, ev.BatchSplit)
     assert (decision.batch_id, decision.parts) == ("acme-big", 1)
+
+
+def test_an_idle_agent_serving_two_targets_joins_one_batch_not_one_of_each() -> None:
+    both = (ev.Target.EMULATOR, ev.Target.BROWSERSTACK)
+    fold = Fold()
+    fold(registered("a0"), registered("a1", ev.Target.BROWSERSTACK), registered("a2", *both))
+    fold(*observed("warm", install_s=0.8, test_s=0.04))
+    fold(*observed("warm-web", install_s=0.8, test_s=0.04, target=ev.Target.BROWSERSTACK))
+    fold(*(job(n, build="emu") for n in range(200)))
+    fold(*(job(n, build="web", target=ev.Target.BROWSERSTACK) for n in range(200, 400)))
+    fold(assigned("j0", "a0", batch="acme-emu"), claimed("acme-emu", 1, "a0"))
+    fold(assigned("j200", "a1", batch="acme-web"), claimed("acme-web", 1, "a1"))
+    [decision] = fold.g.due(T0)
+    assert isinstance(decision, ev.BatchSplit)
+    assert decision.parts == 1
 
 
 def test_a_split_ticket_never_interrupts_another_batch() -> None:
