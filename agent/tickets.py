@@ -26,12 +26,9 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
-    from nats.js import JetStreamContext
 
 IDLE_RECHECK_S = 1.0
 """How often every band is looked at again, hinted or not."""
-FETCH_S = 0.05
-"""How long to wait for a ticket JetStream just said is there (another agent may win)."""
 PREEMPT_GRACE_S = 0.015
 """How long a busy agent leaves a new urgent ticket to idle agents before it interrupts
 its batch for it."""
@@ -49,9 +46,8 @@ class TicketSource:
 
     def __init__(self, nc: Client, targets: tuple[ev.Target, ...]) -> None:
         self._nc = nc
-        self._js: JetStreamContext = nc.jetstream()
         self._targets = targets
-        self._subs: dict[Key, JetStreamContext.PullSubscription] = {}
+        self._puller = qnats.ReadyPuller(nc, ev.WORK_STREAM)
         self._wakers: list[Subscription] = []
         self._wake = asyncio.Event()
         self._published: dict[Key, float] = {}
@@ -62,24 +58,20 @@ class TicketSource:
         self._rechecked = float("-inf")
 
     async def open(self) -> None:
+        await self._puller.open()
         for target in self._targets:
             for subject in (ev.work_subjects(target), f"{_GIVEN_BACK}.{target.value}.>"):
                 self._wakers.append(await self._nc.subscribe(subject, cb=self._on_hint))
-            for band in bands.QUEUES:
-                self._subs[(target, band)] = await self._js.pull_subscribe_bind(
-                    qnats.work_consumer_name(target, band), ev.WORK_STREAM
-                )
 
     async def close(self) -> None:
         for waker in self._wakers:
             await waker.unsubscribe()
-        for sub in self._subs.values():
-            await sub.unsubscribe()
+        await self._puller.close()
 
     async def _on_hint(self, msg: Msg) -> None:
         *prefix, target, band = msg.subject.split(".")
         key = (ev.Target(target), int(band.removeprefix("p")))
-        if key in self._subs:
+        if key[0] in self._targets and key[1] in bands.QUEUES:
             if prefix[1] == "hint":
                 self._given_back.add(key)
             else:
@@ -104,48 +96,53 @@ class TicketSource:
         for band in bands.QUEUES:
             if band <= above:
                 return None
-            looks = []
+            keys = []
             for target in self._targets:
                 key = (target, band)
                 seen = self._published.get(key)
                 published = seen is not None and seen <= settled
                 if recheck or published or key in self._given_back:
-                    looks.append((await self._look(key, recheck), key))
-            for waiting, key in sorted(looks, key=lambda look: -look[0]):
-                msg = await self._fetch(key, waiting, rank) if waiting else None
-                if msg is not None:
-                    return msg
+                    keys.append(key)
+            msg = await self._take_from(keys, rank)
+            if msg is not None:
+                return msg
         return None
 
-    async def _look(self, key: Key, recheck: bool) -> int:
-        """Tickets worth fetching from one queue (1 for one maybe due for redelivery);
-        a queue found empty is hinted no more."""
-        info = await self._subs[key].consumer_info()
-        pending, held = info.num_pending or 0, info.num_ack_pending or 0
-        if not pending:
-            self._published.pop(key, None)
-        if pending:
-            return pending
-        if held and (recheck or key in self._given_back):
-            return 1
-        self._given_back.discard(key)
-        return 0
-
-    async def _fetch(self, key: Key, waiting: int, rank: Callable[[Msg], int]) -> Msg | None:
-        """The best of up to CHOICES tickets of one queue; the others go back at once."""
-        try:
-            msgs = await qnats.fetch_ready(self._subs[key], min(waiting, CHOICES), FETCH_S)
-        except (TimeoutError, nats.errors.TimeoutError):
-            # Another agent was faster, or nothing was due for redelivery yet.
-            self._given_back.discard(key)
+    async def _take_from(self, keys: list[Key], rank: Callable[[Msg], int]) -> Msg | None:
+        """The best ticket of a band's queues: from the queue with most tickets waiting,
+        the best of up to CHOICES; the others go back at once. A queue found empty is
+        hinted no more."""
+        firsts: list[tuple[Msg, Key]] = []
+        for key in keys:
+            found = await self._pull(key, 1)
+            if found:
+                firsts.append((found[0], key))
+            else:
+                self._published.pop(key, None)
+                self._given_back.discard(key)
+        if not firsts:
             return None
-        chosen = min(msgs, key=rank)
-        others = [m for m in msgs if m is not chosen]
-        for other in others:
-            await other.nak()
-        if others:
-            await self._nc.publish(f"{_GIVEN_BACK}.{key[0].value}.p{key[1]}", b"")
+        first, key = max(firsts, key=lambda found: found[0].metadata.num_pending)
+        waiting = first.metadata.num_pending
+        choices = [first, *(await self._pull(key, min(waiting, CHOICES - 1)) if waiting else [])]
+        chosen = min(choices, key=rank)
+        await self._give_back([(m, key) for m in choices if m is not chosen])
+        await self._give_back([(m, k) for m, k in firsts if m is not first])
         return chosen
+
+    async def _pull(self, key: Key, batch: int) -> list[Msg]:
+        try:
+            return await self._puller.pull(qnats.work_consumer_name(*key), batch)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []  # NATS is in trouble: the next look tries again
+
+    async def _give_back(self, tickets: list[tuple[Msg, Key]]) -> None:
+        """Put tickets back in their queues at once, and say so to the agents that wait
+        on them: a ticket given back is held, not pending, until it is delivered again."""
+        for msg, _ in tickets:
+            await msg.nak()
+        for target, band in {key for _, key in tickets}:
+            await self._nc.publish(f"{_GIVEN_BACK}.{target.value}.p{band}", b"")
 
     async def next(self, stop: asyncio.Event, rank: Callable[[Msg], int]) -> Msg | None:
         """The next ticket, highest band first; None once `stop` is set."""

@@ -246,27 +246,27 @@ class Agent:
                 return _Done(spent=True)
             jobs = [job.state for job in claim.jobs]
             self._last_claimed = tuple(job.job_id for job in jobs)
-            stopped = await self._ensure_installed(ticket, jobs, more=claim.more)
+            stopped = await self._ensure_installed(ticket, jobs, claim.queued_after)
             if stopped is not None:
                 return stopped
             for index, job in enumerate(jobs):
                 if stop.is_set():
                     await self._give_back(ticket, jobs[index:], "agent stopping")
                     return _Done(spent=True)
-                if self._worth_giving_back(len(jobs) - index, more=claim.more):
+                if self._worth_giving_back(len(jobs) - index + claim.queued_after):
                     urgent = await self._urgent(ticket)
                     if urgent is not None:
                         return await self._preempted(ticket, jobs[index:], urgent)
                 await self._run(job)
 
-    def _worth_giving_back(self, unstarted: int, *, more: bool) -> bool:
+    def _worth_giving_back(self, jobs_left: int) -> bool:
         """Whether the rest of the batch is worth giving back for urgent work: not when
-        it is the batch's last few jobs and they take less time here than the install
-        another agent would make for them. The urgent work then waits those few tests
-        for this agent, or takes another that comes free first."""
-        if more or self._test_s is None or self._install_s is None:
+        its jobs take less time here than the install another agent would make for them.
+        The urgent work then waits those few tests for this agent, or takes another that
+        comes free first."""
+        if self._test_s is None or self._install_s is None:
             return True
-        return unstarted * self._test_s >= self._install_s
+        return jobs_left * self._test_s >= self._install_s
 
     async def _urgent(self, ticket: ev.WorkTicket, grace_s: float = PREEMPT_GRACE_S) -> Msg | None:
         """A ticket urgent enough to interrupt this one's batch, if there is one now that
@@ -302,7 +302,7 @@ class Agent:
         log.info("batch_yielded", **_batch_keys(ticket), jobs=len(unstarted), reason=reason)
 
     async def _ensure_installed(
-        self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState], *, more: bool
+        self, ticket: ev.WorkTicket, jobs: list[lifecycle.JobState], queued_after: int
     ) -> _Done | None:
         """Install the ticket's build unless the device has it; None once it has. An
         urgent ticket interrupts the install, unless the jobs are the batch's last few
@@ -313,7 +313,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         started = loop.time()
         install = asyncio.ensure_future(self._install(ticket))
-        if self._worth_giving_back(len(jobs), more=more):
+        if self._worth_giving_back(len(jobs) + queued_after):
             urgent = await self._during(install, ticket)
             if urgent is not None:
                 return await self._preempted(ticket, jobs, urgent, " during the install")

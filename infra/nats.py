@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -11,14 +13,14 @@ import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from infra import bands, logstore
 from infra import events as ev
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
-    from nats.js import JetStreamContext
+    from nats.aio.subscription import Subscription
     from nats.js.kv import KeyValue
 
 log = structlog.get_logger(__name__)
@@ -192,3 +194,58 @@ def fetch_timed_out() -> list[Msg]:
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
     return []
+
+
+class ReadyPuller:
+    """Takes from a pull consumer the messages it has ready now, never waiting for more.
+
+    nats-py's `fetch` asks for what is ready, and when nothing is, waits out its timeout
+    for a message to come: a caller looking through several consumers for the first that
+    has something (an agent through its bands) would pay that wait on every empty one,
+    and on every message another consumer took first. This sends the pull request alone
+    (`no_wait`): the server answers at once with what it has, then a status."""
+
+    PULL_TIMEOUT_S = 2.0
+    """For the server's answer, which comes at once unless the connection is in trouble."""
+
+    def __init__(self, nc: Client, stream: str) -> None:
+        self._nc = nc
+        self._stream = stream
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def pull(self, consumer: str, batch: int) -> list[Msg]:
+        """Up to `batch` messages the consumer has ready; raises TimeoutError when the
+        server does not answer."""
+        sub = self._sub
+        assert sub is not None, "open() the puller first"
+        async with self._lock:
+            await self._give_back_late(sub)
+            request = json.dumps({"batch": batch, "no_wait": True}).encode()
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}"
+            await self._nc.publish(subject, request, reply=self._inbox)
+            msgs: list[Msg] = []
+            while len(msgs) < batch:
+                msg = await sub.next_msg(timeout=self.PULL_TIMEOUT_S)
+                if JetStreamContext.is_status_msg(msg):
+                    break  # nothing more ready (404), or the request expired (408)
+                msgs.append(msg)
+            return msgs
+
+    @staticmethod
+    async def _give_back_late(sub: Subscription) -> None:
+        """Messages of an earlier pull whose answer came after it timed out go back to
+        their consumer at once; its status messages are dropped."""
+        while sub.pending_msgs:
+            late = await sub.next_msg()
+            if not JetStreamContext.is_status_msg(late):
+                with contextlib.suppress(nats.errors.Error):
+                    await late.nak()

@@ -35,8 +35,9 @@ class ClaimResponse(msgspec.Struct, frozen=True, kw_only=True):
     """The jobs now assigned to the agent, in run order; empty: the ticket is spent."""
 
     jobs: list[ClaimedJob]
-    more: bool = False
-    """The batch had pending jobs beyond these: the agent's work on it goes on after them."""
+    queued_after: int = 0
+    """The batch's jobs still queued beyond these, as the claim saw it: the agent's work
+    on the batch goes on after them."""
     error: str | None = None
 
 

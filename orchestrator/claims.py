@@ -79,11 +79,12 @@ class ClaimService:
             return rpc.ClaimResponse(jobs=[], error="read model is behind; try again")
         async with self._pool.acquire() as conn:
             held = await queries.held_by(conn, request.agent_id)
-            pending = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT + 1)
+            pending, ready = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
         holding = set(request.holding)
         kept = await self._reconcile(request, [s for s in held if s.job_id not in holding])
         limit = max(0, CLAIM_LIMIT - len(kept))
-        jobs = kept + await self._assign_next(request, pending[:limit], limit)
+        assigned = await self._assign_next(request, pending[:limit], limit)
+        jobs = kept + assigned
         await self._events.append(outcome(request, len(jobs)))
         log.info(
             "batch_claimed",
@@ -93,7 +94,7 @@ class ClaimService:
             kept=len(kept),
             ticket=request.ticket,
         )
-        return rpc.ClaimResponse(jobs=jobs, more=len(pending) > limit)
+        return rpc.ClaimResponse(jobs=jobs, queued_after=max(0, ready - len(assigned)))
 
     async def _reconcile(
         self, request: rpc.ClaimRequest, held: list[lifecycle.JobState]
@@ -154,7 +155,7 @@ class ClaimService:
             if not caught_up:
                 break
             async with self._pool.acquire() as conn:
-                pending = await queries.pending_in_batch(conn, request.batch_id, limit)
+                pending, _ = await queries.pending_in_batch(conn, request.batch_id, limit)
         return []
 
     async def _assign(

@@ -73,18 +73,18 @@ async def list_jobs(conn: db.Connection, query: JobFilter) -> api.JobPage:
 
 async def pending_in_batch(
     conn: db.Connection, batch_id: str, limit: int
-) -> list[lifecycle.JobState]:
-    """Queued jobs of a batch that may run now (their retry backoff is over), in run
-    order: priority first, then submission order."""
+) -> tuple[list[lifecycle.JobState], int]:
+    """The first `limit` queued jobs of a batch that may run now (their retry backoff is
+    over), in run order: priority first, then submission order; and how many there are."""
     rows = await conn.fetch(
-        "SELECT * FROM jobs WHERE batch_id = $1 AND status = 'queued'"
+        "SELECT *, count(*) OVER () AS ready FROM jobs WHERE batch_id = $1 AND status = 'queued'"
         " AND (not_before IS NULL OR not_before <= $3)"
         " ORDER BY priority DESC, submit_seq LIMIT $2",
         batch_id,
         limit,
         ev.utcnow(),
     )
-    return [lifecycle.from_row(r) for r in rows]
+    return [lifecycle.from_row(r) for r in rows], rows[0]["ready"] if rows else 0
 
 
 async def held_by(conn: db.Connection, agent_id: str) -> list[lifecycle.JobState]:

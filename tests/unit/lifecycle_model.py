@@ -129,7 +129,7 @@ class JobsTable:
                 and (r["not_before"] is None or r["not_before"] <= now)
             ]
             ready.sort(key=lambda r: (-r["priority"], r["submit_seq"]))
-            return [dict(r) for r in ready[:limit]]
+            return [{**r, "ready": len(ready)} for r in ready[:limit]]
         if "WHERE status IN ('assigned', 'running') AND agent_id = $1" in sql:
             held = [r for r in self.rows.values() if r["status"] in ("assigned", "running")]
             held = [r for r in held if r["agent_id"] == args[0]]
