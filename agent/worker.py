@@ -239,25 +239,36 @@ class Agent:
 
     async def _work_batch(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> _Done:
         """Claim and run until a claim comes back empty, the agent gives the batch back,
-        or a claim goes unanswered (`ClaimUnanswered`)."""
-        while True:
-            claim = await self._claim(ticket)
-            if not claim.jobs:
-                return _Done(spent=True)
+        or a claim goes unanswered (`ClaimUnanswered`). When the batch has more jobs
+        queued, the next claim is made while the last job of the current one runs (it
+        leaves that job alone: the agent names it among its last claim's), so that the
+        device does not wait for the answer. The claim that may find the batch drained
+        waits for the last test to end: jobs submitted meanwhile still join here."""
+        claim = await self._claim(ticket)
+        while claim.jobs:
             jobs = [job.state for job in claim.jobs]
             self._last_claimed = tuple(job.job_id for job in jobs)
             stopped = await self._ensure_installed(ticket, jobs, claim.queued_after)
             if stopped is not None:
                 return stopped
-            for index, job in enumerate(jobs):
-                if stop.is_set():
-                    await self._give_back(ticket, jobs[index:], "agent stopping")
-                    return _Done(spent=True)
-                if self._worth_giving_back(len(jobs) - index + claim.queued_after):
-                    urgent = await self._urgent(ticket)
-                    if urgent is not None:
-                        return await self._preempted(ticket, jobs[index:], urgent)
-                await self._run(job)
+            upcoming: asyncio.Future[rpc.ClaimResponse] | None = None
+            try:
+                for index, job in enumerate(jobs):
+                    if stop.is_set():
+                        await self._give_back(ticket, jobs[index:], "agent stopping")
+                        return _Done(spent=True)
+                    if self._worth_giving_back(len(jobs) - index + claim.queued_after):
+                        urgent = await self._urgent(ticket)
+                        if urgent is not None:
+                            return await self._preempted(ticket, jobs[index:], urgent)
+                    if index == len(jobs) - 1 and claim.queued_after:
+                        upcoming = asyncio.ensure_future(self._claim(ticket))
+                    await self._run(job)
+                claim = await (upcoming or self._claim(ticket))
+            finally:
+                if upcoming is not None and not upcoming.done():
+                    upcoming.cancel()
+        return _Done(spent=True)
 
     def _worth_giving_back(self, jobs_left: int) -> bool:
         """Whether the rest of the batch is worth giving back for urgent work: not when

@@ -19,9 +19,9 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     as_of_seq: int = 0
     """Wait until the read model has folded at least this stream sequence."""
     holding: tuple[JobId, ...] = ()
-    """The jobs of the agent's last claim, which it ran or gave back: the read model may
-    not show their last events yet, so the claim leaves them alone rather than take them
-    for jobs the agent lost track of."""
+    """The jobs of the agent's last claim, which it ran, gave back or still runs: the read
+    model may show them running, and the claim does not take them for jobs the agent lost
+    track of."""
 
 
 class ClaimedJob(msgspec.Struct, frozen=True, kw_only=True):

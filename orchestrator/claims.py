@@ -1,21 +1,23 @@
 """The claim service: hands an agent holding a dispatch ticket its batch's next jobs,
 over NATS request/reply.
 
-A claim is also the agent's word that it holds nothing: an agent claims only between
-batches or once it has run every job of its last claim. So the service first reconciles
-what the log says the agent holds with that word. A job it holds in the batch it asks
-for comes back to it (the answer of an earlier claim was lost: the request timed out, or
-NATS restarted, after the jobs were assigned); a job it holds elsewhere is released
+A claim is also the agent's word that it holds nothing but the jobs of its last claim,
+which it names (`holding`): it claims between batches, once it has run every job of its
+last claim, or while it runs the last of them. So the service first reconciles what the
+log says the agent holds with that word. A job it holds in the batch it asks for comes
+back to it (the answer of an earlier claim was lost: the request timed out, or NATS
+restarted, after the jobs were assigned); a job it holds elsewhere is released
 (`JobReleased`, no attempt counted); a job whose start it recorded but never heard back
 about is an infrastructure error (`JobErrored`, then a retry or `dead`). The agent asks
 again with the same ticket until it gets an answer, so a lost answer strands no job for
 longer than the agent's next try.
 
-A claim does not wait for the read model to show the agent's own last writes: the jobs
-of its last claim, which it names (`holding`), are left alone, and every other action
-is an append guarded by the job's version, so a row read before the job moved on
-changes nothing. An agent thus claims its next jobs as soon as its last test ends,
-instead of a projector's write later.
+A claim does not wait for the read model to show the agent's own last writes. A job the
+agent names that the read model shows running has ended since, or is the one the agent
+runs while it claims: not one it lost track of. Every other action is an append guarded
+by the job's version, so a row read before its job moved on changes nothing (a job
+handed back that the agent ran already is refused when it records the start, and
+skipped). An agent thus claims its next jobs as soon as its last test ends, or before.
 """
 
 from __future__ import annotations
@@ -80,8 +82,7 @@ class ClaimService:
         async with self._pool.acquire() as conn:
             held = await queries.held_by(conn, request.agent_id)
             pending, ready = await queries.pending_in_batch(conn, request.batch_id, CLAIM_LIMIT)
-        holding = set(request.holding)
-        kept = await self._reconcile(request, [s for s in held if s.job_id not in holding])
+        kept = await self._reconcile(request, held)
         limit = max(0, CLAIM_LIMIT - len(kept))
         assigned = await self._assign_next(request, pending[:limit], limit)
         jobs = kept + assigned
@@ -103,6 +104,8 @@ class ClaimService:
         ones it holds elsewhere are released or, if started, errored."""
         kept: list[rpc.ClaimedJob] = []
         for state in held:
+            if state.status is ev.JobStatus.RUNNING and state.job_id in request.holding:
+                continue  # ended since the read model saw it, or runs while it claims
             if state.status is ev.JobStatus.RUNNING:
                 acted = await requeue.error_job(
                     self._events,
@@ -175,13 +178,12 @@ class ClaimService:
     ) -> rpc.ClaimedJob | int:
         """A job that moved on since the read model saw it: the agent's still, if an
         earlier claim of the same agent, answered meanwhile, assigned it (its answer may be
-        the one that was lost) and it is not one the agent says it had; else cancelled or
-        taken by another agent, and then the sequence of its last event."""
+        the one that was lost); else cancelled or taken by another agent, and then the
+        sequence of its last event."""
         state = lifecycle.fold(await self._events.read_job(job_id))
         if state is None:
             return 0
-        theirs = state.status is ev.JobStatus.ASSIGNED and state.agent_id == request.agent_id
-        if theirs and job_id not in request.holding:
+        if state.status is ev.JobStatus.ASSIGNED and state.agent_id == request.agent_id:
             return rpc.ClaimedJob(state=state)
         return state.version
 
