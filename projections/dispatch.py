@@ -260,12 +260,16 @@ class Grouping:
         )
 
     def live_tickets(self) -> list[ev.WorkTicket]:
-        """Tickets that should exist now for batches with pending jobs."""
+        """Tickets that should exist now: the live tickets of batches with pending jobs,
+        and every ticket the fold counts as waiting in a queue. A rebuild may have issued
+        one while replaying (a re-raise) for a batch whose jobs a stale ticket's claim
+        then took: it must exist too, since a job that comes back to the batch (a retry)
+        waits for it rather than for a new one."""
         return [
             self.ticket_of(b, number)
             for b in self.batches.values()
-            if b.pending
             for number in sorted(b.live)
+            if b.pending or number in b.offered
         ]
 
     # -- the clock's decisions -----------------------------------------------------------
