@@ -147,7 +147,7 @@ class ClaimService:
         model shows where they went, instead of taking the batch for drained while it
         still has jobs."""
         for _ in range(CLAIM_ROUNDS):
-            tries = await asyncio.gather(*(self._assign(s, request) for s in pending))
+            tries = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
             assigned = [t for t in tries if isinstance(t, rpc.ClaimedJob)]
             moved_to = [t for t in tries if isinstance(t, int)]
             if assigned or not moved_to:
@@ -162,19 +162,19 @@ class ClaimService:
         return []
 
     async def _assign(
-        self, state: lifecycle.JobState, request: rpc.ClaimRequest
+        self, state: lifecycle.JobState, agent_id: ev.AgentId
     ) -> rpc.ClaimedJob | int:
         """The job, assigned to the agent; else the sequence of the event that moved it
         on since the read model saw it."""
-        event = domain.assign(state, request.agent_id, ev.utcnow())
+        event = domain.assign(state, agent_id, ev.utcnow())
         try:
             appended = await self._events.append(event, expected_seq=state.version)
         except ConcurrencyConflict:
-            return await self._if_already_theirs(state.job_id, request)
+            return await self._if_already_theirs(state.job_id, agent_id)
         return rpc.ClaimedJob(state=lifecycle.evolve(state, event, appended.seq))
 
     async def _if_already_theirs(
-        self, job_id: ev.JobId, request: rpc.ClaimRequest
+        self, job_id: ev.JobId, agent_id: ev.AgentId
     ) -> rpc.ClaimedJob | int:
         """A job that moved on since the read model saw it: the agent's still, if an
         earlier claim of the same agent, answered meanwhile, assigned it (its answer may be
@@ -183,7 +183,7 @@ class ClaimService:
         state = lifecycle.fold(await self._events.read_job(job_id))
         if state is None:
             return 0
-        if state.status is ev.JobStatus.ASSIGNED and state.agent_id == request.agent_id:
+        if state.status is ev.JobStatus.ASSIGNED and state.agent_id == agent_id:
             return rpc.ClaimedJob(state=state)
         return state.version
 

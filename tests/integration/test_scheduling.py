@@ -72,6 +72,14 @@ async def newcomer_while_running(
     return views, await installs(stack)
 
 
+def assert_ran_to_its_end_first(views: list[api.JobView], per_build: dict[str, int]) -> None:
+    """`newcomer_while_running`'s batch ran to its end, then the newcomer: nothing was
+    given back, and each build was installed once."""
+    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/new.spec.js"]
+    assert not any("job.released" in v.events for v in views), "a batch was given back"
+    assert per_build == {"run": 1, "new": 1}
+
+
 async def test_a_free_agent_takes_the_highest_band_first(
     qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,9 +155,7 @@ async def test_the_last_few_jobs_of_a_batch_run_before_urgent_work_rather_than_i
     agents = simulated_agents(1, runner=runner(install_s=0.8, test_s=0.1))
     async with scheduled_stack(qg_servers, agents, monkeypatch) as stack:
         views, per_build = await newcomer_while_running(stack, priority=5)
-    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/new.spec.js"]
-    assert not any("job.released" in v.events for v in views), "a batch was given back"
-    assert per_build == {"run": 1, "new": 1}
+    assert_ran_to_its_end_first(views, per_build)
 
 
 async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(
@@ -168,9 +174,7 @@ async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(
     assert (last_started - views[5].submitted_at).total_seconds() > 4 * aging_s, (
         "the waiting batch had reached band 5 while the other ran"
     )
-    assert run_order(views) == [*(f"tests/r{i}.spec.js" for i in range(5)), "tests/new.spec.js"]
-    assert not any("job.released" in v.events for v in views), "a batch was given back"
-    assert per_build == {"run": 1, "new": 1}
+    assert_ran_to_its_end_first(views, per_build)
 
 
 async def test_an_urgent_job_interrupts_an_install_and_each_build_still_installs_once(
