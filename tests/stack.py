@@ -61,7 +61,12 @@ class Stack:
         return msgspec.convert(body, api.JobView)
 
     async def job(self, job_id: str) -> api.JobView:
+        """The job's view; a test polling many jobs for long may meet the rate limit,
+        and then tries again a second later (its `Retry-After`)."""
         status, body = await self.request("GET", f"/jobs/{job_id}")
+        while status == 429:
+            await asyncio.sleep(1.0)
+            status, body = await self.request("GET", f"/jobs/{job_id}")
         assert status == 200, body
         return msgspec.convert(body, api.JobView)
 
