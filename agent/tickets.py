@@ -130,6 +130,11 @@ class TicketSource:
         await self._give_back([(m, k) for m, k in firsts if m is not first])
         return chosen
 
+    async def put_back(self, msg: Msg) -> None:
+        """Give a ticket taken back to its queue, for another agent."""
+        target = ev.Target(msg.subject.split(".")[-2])
+        await self._give_back([(msg, (target, band_of(msg)))])
+
     async def _pull(self, key: Key, batch: int) -> list[Msg]:
         try:
             return await self._puller.pull(qnats.work_consumer_name(*key), batch)

@@ -3,13 +3,17 @@ runs the tests one after another, and claims again before letting the ticket go.
 
 Between two tests it looks for an urgent ticket (in the urgent queue, for a job submitted
 at priority 5, unless `preempt_band` lets lower bands in too); when it gets one, it gives
-back the jobs it has not started (`JobReleased`, no attempt counted) and the batch
-(`BatchYielded`, which spends its ticket so the jobs get a fresh one), and works the
+back the jobs it has not started (`JobReleased`, no attempt counted) and works the
 urgent ticket at once. A job of priority 5 thus waits for one test, not for a whole
-batch. An agent left with the last few jobs of its batch, fewer than would pay for
-another agent's install, runs them first. Other bands, band 5 reached by waiting
-included, wait for the batch to end: interrupting a batch costs its build a second
-install when another agent picks it up, which only urgent work is worth."""
+batch. When the urgent batch takes less time than an install, the agent sets its own
+batch aside (`BatchYielded` that `returns`): it keeps the ticket and comes back to the
+batch afterwards, its build still installed, while another agent would install it anew
+for about the same wait. Otherwise it gives the batch back (`BatchYielded`, which
+spends its ticket so the jobs get a fresh one); an agent left with the last few jobs of
+its batch, fewer than would pay for another agent's install, runs them first. Other
+bands, band 5 reached by waiting included, wait for the batch to end: interrupting a
+batch costs its build a second install when another agent picks it up, which only
+urgent work is worth."""
 
 from __future__ import annotations
 
@@ -94,6 +98,8 @@ class _Done:
     """Ack the ticket (drained or given back); else nak it for a later try."""
     urgent: Msg | None = None
     """The more urgent ticket taken between two tests or during the install: next."""
+    set_aside: bool = False
+    """The batch waits for this agent to work `urgent` and come back to it."""
 
 
 class Agent:
@@ -120,6 +126,8 @@ class Agent:
         """How long an install takes here (a moving average)."""
         self._last_claimed: tuple[ev.JobId, ...] = ()
         """The jobs of this agent's last claim that assigned any: run or given back."""
+        self._set_aside: ev.WorkTicket | None = None
+        """The batch waiting for this agent to finish urgent work and come back to it."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work tickets until `stop` is set; a batch in progress gives back its unstarted
@@ -178,11 +186,12 @@ class Agent:
             with contextlib.suppress(Exception):  # NATS away: the next beat tries again
                 await msg.in_progress()
 
-    async def _work(self, msg: Msg, stop: asyncio.Event) -> Msg | None:
+    async def _work(self, msg: Msg, stop: asyncio.Event, *, nested: bool = False) -> Msg | None:
         """Work one ticket; returns a more urgent one taken meanwhile. A ticket that is
         not a ticket is terminated; any other failure (NATS or the claim service away,
         say) gives the ticket back for a later try instead of stopping this agent and
-        its sibling slots."""
+        its sibling slots. A `nested` ticket is worked while another batch waits set
+        aside: it is not set aside in turn."""
         try:
             ticket = ev.ticket_decoder.decode(msg.data)
         except msgspec.DecodeError:
@@ -191,7 +200,9 @@ class Agent:
             return None
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            done = await self._work_retrying(ticket, stop)
+            done = await self._work_retrying(ticket, stop, may_set_aside=not nested)
+            while done.set_aside and done.urgent is not None:
+                done = await self._come_back(ticket, done.urgent, stop)
         finally:
             keep_alive.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -200,7 +211,28 @@ class Agent:
             await (msg.ack_sync() if done.spent else msg.nak(delay=1.0))
         return done.urgent
 
-    async def _work_retrying(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> _Done:
+    async def _come_back(self, ticket: ev.WorkTicket, urgent: Msg, stop: asyncio.Event) -> _Done:
+        """Work the urgent ticket the batch was set aside for, then the batch again. When
+        the urgent work hands over a more urgent ticket still, or the agent stops, the
+        batch is given back instead (its jobs went back when it was set aside)."""
+        self._set_aside = ticket
+        try:
+            more_urgent = await self._work(urgent, stop, nested=True)
+        finally:
+            given_back, self._set_aside = self._set_aside is None, None
+        if given_back:
+            return _Done(spent=True, urgent=more_urgent)
+        if more_urgent is None and not stop.is_set():
+            return await self._work_retrying(ticket, stop, may_set_aside=True)
+        reason = "agent stopping"
+        if more_urgent is not None:
+            reason = f"preempted by {bands.queue_name(band_of(more_urgent))}"
+        await self._give_back(ticket, [], reason)
+        return _Done(spent=True, urgent=more_urgent)
+
+    async def _work_retrying(
+        self, ticket: ev.WorkTicket, stop: asyncio.Event, *, may_set_aside: bool
+    ) -> _Done:
         """Work the ticket's batch, again after a failure (NATS or the claim service away,
         say) instead of stopping this agent and its sibling slots. A claim whose answer
         was lost may have assigned jobs all the same: claiming again with the same ticket
@@ -209,7 +241,7 @@ class Agent:
         pause = _RETRY_FIRST_S
         while True:
             try:
-                return await self._work_batch(ticket, stop)
+                return await self._work_batch(ticket, stop, may_set_aside)
             except ClaimUnanswered as exc:
                 log.warning("claim_failed", **_batch_keys(ticket), error=str(exc))
             except Exception:
@@ -237,7 +269,9 @@ class Agent:
             raise ClaimUnanswered(answer.error)
         return answer
 
-    async def _work_batch(self, ticket: ev.WorkTicket, stop: asyncio.Event) -> _Done:
+    async def _work_batch(
+        self, ticket: ev.WorkTicket, stop: asyncio.Event, may_set_aside: bool
+    ) -> _Done:
         """Claim and run until a claim comes back empty, the agent gives the batch back,
         or a claim goes unanswered (`ClaimUnanswered`). When the batch has more jobs
         queued, the next claim is made while the last job of the current one runs (it
@@ -245,6 +279,7 @@ class Agent:
         device does not wait for the answer. The claim that may find the batch drained
         waits for the last test to end: jobs submitted meanwhile still join here."""
         claim = await self._claim(ticket)
+        await self._unless_too_long(claim)
         while claim.jobs:
             jobs = [job.state for job in claim.jobs]
             self._last_claimed = tuple(job.job_id for job in jobs)
@@ -257,10 +292,15 @@ class Agent:
                     if stop.is_set():
                         await self._give_back(ticket, jobs[index:], "agent stopping")
                         return _Done(spent=True)
-                    if self._worth_giving_back(len(jobs) - index + claim.queued_after):
-                        urgent = await self._urgent(ticket)
-                        if urgent is not None:
+                    worth = self._worth_giving_back(len(jobs) - index + claim.queued_after)
+                    urgent = await self._urgent(ticket) if worth or may_set_aside else None
+                    if urgent is not None:
+                        if may_set_aside and self._shorter_than_install(urgent):
+                            return await self._preempted(ticket, jobs[index:], urgent, aside=True)
+                        if worth:
                             return await self._preempted(ticket, jobs[index:], urgent)
+                        await self._tickets.put_back(urgent)
+                        may_set_aside = False  # the few jobs left here run first
                     if index == len(jobs) - 1 and claim.queued_after:
                         upcoming = asyncio.ensure_future(self._claim(ticket))
                     await self._run(job)
@@ -269,6 +309,29 @@ class Agent:
                 if upcoming is not None and not upcoming.done():
                     upcoming.cancel()
         return _Done(spent=True)
+
+    async def _unless_too_long(self, urgent: rpc.ClaimResponse) -> None:
+        """Give back the batch set aside for the urgent one whose first claim this is,
+        when the urgent batch turned out longer than an install (its ticket counted the
+        jobs it had when issued): another agent installing its build is then sooner."""
+        aside = self._set_aside
+        if aside is None or self._test_s is None or self._install_s is None:
+            return
+        if (len(urgent.jobs) + urgent.queued_after) * self._test_s >= self._install_s:
+            await self._give_back(aside, [], "urgent work longer than an install")
+            self._set_aside = None
+
+    def _shorter_than_install(self, urgent: Msg) -> bool:
+        """Whether the urgent ticket's batch runs here in less time than an install: then
+        setting this batch aside for it keeps the jobs left waiting about as long as
+        another agent's install would, and saves that install."""
+        if self._test_s is None or self._install_s is None:
+            return False
+        try:
+            jobs = ev.ticket_decoder.decode(urgent.data).jobs
+        except msgspec.DecodeError:
+            return False
+        return jobs * self._test_s < self._install_s
 
     def _worth_giving_back(self, jobs_left: int) -> bool:
         """Whether the rest of the batch is worth giving back for urgent work: not when
@@ -286,20 +349,35 @@ class Agent:
         return await self._tickets.take(self._installed.rank, above=above, grace_s=grace_s)
 
     async def _preempted(
-        self, ticket: ev.WorkTicket, unstarted: list[lifecycle.JobState], urgent: Msg, how: str = ""
+        self,
+        ticket: ev.WorkTicket,
+        unstarted: list[lifecycle.JobState],
+        urgent: Msg,
+        how: str = "",
+        *,
+        aside: bool = False,
     ) -> _Done:
+        """Give the batch back for the urgent ticket, or set it `aside` to come back to
+        it once the urgent batch is done."""
         try:
-            reason = f"preempted by {bands.queue_name(band_of(urgent))}{how}"
-            await self._give_back(ticket, unstarted, reason)
+            verb = "set aside for" if aside else "preempted by"
+            reason = f"{verb} {bands.queue_name(band_of(urgent))}{how}"
+            await self._give_back(ticket, unstarted, reason, returns=aside)
         except BaseException:
             await urgent.nak()
             raise
-        return _Done(spent=True, urgent=urgent)
+        return _Done(spent=not aside, urgent=urgent, set_aside=aside)
 
     async def _give_back(
-        self, ticket: ev.WorkTicket, unstarted: list[lifecycle.JobState], reason: str
+        self,
+        ticket: ev.WorkTicket,
+        unstarted: list[lifecycle.JobState],
+        reason: str,
+        *,
+        returns: bool = False,
     ) -> None:
-        """Release the jobs not started and spend the ticket: the batch gets a fresh one."""
+        """Release the jobs not started and spend the ticket: the batch gets a fresh one.
+        An agent that `returns` keeps the ticket to claim with it again."""
         await self._release(unstarted, reason)
         await self._events.append(
             ev.BatchYielded(
@@ -308,6 +386,7 @@ class Agent:
                 ticket=ticket.ticket,
                 agent_id=self.config.agent_id,
                 reason=reason,
+                returns=returns,
             )
         )
         log.info("batch_yielded", **_batch_keys(ticket), jobs=len(unstarted), reason=reason)

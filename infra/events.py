@@ -188,12 +188,15 @@ class BatchYielded(_Event, frozen=True, tag="batch.yielded"):
     """The agent stopped working the batch before it was drained and gave back the jobs
     it had not started (`JobReleased`): for more urgent work, because it is stopping, or
     because the install failed. Spends the ticket like `BatchDrained`, so the jobs left
-    get a fresh one."""
+    get a fresh one; unless the agent `returns`: it set the batch aside for urgent work
+    shorter than an install, keeps the ticket and claims with it again once done, so
+    that the build it has installed serves the jobs left."""
 
     batch_id: BatchId
     ticket: int
     agent_id: AgentId
     reason: str
+    returns: bool = False
 
 
 class BatchDue(_Event, frozen=True, tag="batch.due"):
@@ -365,6 +368,8 @@ class WorkTicket(msgspec.Struct, frozen=True, kw_only=True):
     installed_on: tuple[AgentId, ...] = ()
     """Agents that installed the batch's build lately: an agent without it leaves the
     ticket to them while it has other work to take."""
+    jobs: int = 0
+    """Jobs the batch had waiting when the ticket was issued."""
 
 
 ticket_decoder = msgspec.json.Decoder(WorkTicket)

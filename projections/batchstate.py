@@ -55,6 +55,8 @@ class BatchState:
     target: ev.Target
     pending: dict[str, Pending] = field(default_factory=dict)
     """Pending job id -> its wait."""
+    held: set[str] = field(default_factory=set)
+    """Jobs assigned to an agent and not finished: the batch's work in agents' hands."""
     ticket: int = 0
     """Number of the batch's latest ticket."""
     live: dict[int, int] = field(default_factory=dict)
@@ -93,14 +95,20 @@ class BatchState:
         return any(number not in self.offered for number in self.live)
 
     def add(self, job_id: str, wait: Pending, at: datetime) -> None:
+        self.held.discard(job_id)
         self.pending[job_id] = wait
         if wait.ready(at):
             heapq.heappush(self._ready.setdefault(wait.priority, []), (wait.queued_at, job_id))
         else:
             self._backoff[job_id] = wait
 
-    def remove(self, job_id: str) -> bool:
-        """Whether the job was pending."""
+    def remove(self, job_id: str, *, assigned: bool) -> bool:
+        """The job is pending no more: assigned to an agent, or final. Whether it was
+        pending."""
+        if assigned:
+            self.held.add(job_id)
+        else:
+            self.held.discard(job_id)
         self._backoff.pop(job_id, None)
         return self.pending.pop(job_id, None) is not None
 

@@ -9,9 +9,10 @@ band's queue, or to the urgent queue above band 5 for a job submitted at priorit
 joining a batch whose live ticket sits lower re-raises it: ticket n+1 in the higher
 band, n goes stale (its holder may still claim; spending it changes nothing). A ticket
 is spent when a claim with it finds nothing (`BatchDrained`) or its agent gives the
-batch back (`BatchYielded`). Decisions that depend on the clock alone (a wait raised a
-band or ended, idle agents should share a big batch: `projections.splits`) are proposed
-by `due(now)` as events, and taken when the fold reads them back.
+batch back (`BatchYielded`), unless the agent only set the batch aside and returns to
+it. Decisions that depend on the clock alone (a wait raised a band or ended, idle
+agents should share a big batch: `projections.splits`) are proposed by `due(now)` as
+events, and taken when the fold reads them back.
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ class Grouping:
                     self.batches[event.batch_id].installed(event.agent_id)
             case ev.BatchClaimed() if event.batch_id in self.batches:
                 return self._claimed(self.batches[event.batch_id], event)
+            case ev.BatchYielded(returns=True) if event.batch_id in self.batches:
+                # Its ticket stays live: the agent comes back with it.
+                return self._stop_working(
+                    event.agent_id, event.at, only=self.batches[event.batch_id]
+                )
             case ev.BatchDrained() | ev.BatchYielded() if event.batch_id in self.batches:
                 return self._spent(self.batches[event.batch_id], event)
             case ev.BatchDue() if event.batch_id in self.batches:
@@ -116,7 +122,7 @@ class Grouping:
     def _leave(self, job_id: str, at: datetime, *, finished: bool) -> list[ev.WorkTicket]:
         """The job is pending no more: assigned, or final (then forgotten)."""
         batch, _ = self._jobs.pop(job_id) if finished else self._jobs[job_id]
-        if not batch.remove(job_id):
+        if not batch.remove(job_id, assigned=not finished):
             return []
         return self._review(batch, at)  # a waiting batch left with nothing withdraws
 
@@ -134,7 +140,7 @@ class Grouping:
     def _spent(
         self, batch: BatchState, event: ev.BatchDrained | ev.BatchYielded
     ) -> list[ev.WorkTicket]:
-        tickets = self._stop_working(event.agent_id, event.at)
+        tickets = self._stop_working(event.agent_id, event.at, only=batch)
         if event.ticket in batch.live:
             del batch.live[event.ticket]
             batch.offered.discard(event.ticket)
@@ -144,11 +150,16 @@ class Grouping:
         return tickets
 
     def _stop_working(
-        self, agent_id: ev.AgentId, at: datetime, unless: BatchState | None = None
+        self,
+        agent_id: ev.AgentId,
+        at: datetime,
+        unless: BatchState | None = None,
+        only: BatchState | None = None,
     ) -> list[ev.WorkTicket]:
-        """The agent no longer works its batch: it occupies its org no more."""
+        """The agent no longer works its batch (`only` that one: it may work another
+        since, having set this one aside): it occupies its org no more."""
         batch = self.working.get(agent_id)
-        if batch is None or batch is unless:
+        if batch is None or batch is unless or (only is not None and batch is not only):
             return []
         del self.working[agent_id]
         return self._dispatch(at) if self._limited(batch.org_id) else []
@@ -257,6 +268,7 @@ class Grouping:
             ticket=number,
             as_of_seq=batch.position,
             installed_on=tuple(batch.installed_on),
+            jobs=len(batch.pending),
         )
 
     def live_tickets(self) -> list[ev.WorkTicket]:
@@ -297,6 +309,7 @@ class Grouping:
                 shared[batch.target][batch.batch_id] = splits.Worked(
                     batch.batch_id,
                     batch.ready_count(now),
+                    len(batch.held),
                     workers[batch.batch_id] + len(batch.offered),
                 )
         idle = {a: targets for a, targets in self.agents.items() if a not in self.working}

@@ -2,14 +2,17 @@
 install and test durations observed per target.
 
 An idle agent (no batch of its targets waits for one) joins the batch that would finish
-soonest sooner with it: with `w` agents on a batch and `n` jobs of `t` seconds left to
-claim, the batch needs about `n * t / w` seconds more; with one more agent, which first
-installs the build (`i` seconds), `i + n * t / (w + 1)`. Joining is worth it when the
-second is shorter by more than the estimate's margin (`MARGIN` of the first): a split
-costs an install for sure, its gain is an estimate. With installs 20 times a test, a
-second agent joins from 51 jobs left, a third from 172. Each idle agent in turn takes
-the batch it shortens most, so the fleet's last minutes are shared out instead of
-being one long batch on one device.
+soonest sooner with it. With `w` agents on a batch and `W` seconds of its tests left
+(jobs left to claim and jobs its agents hold), the batch needs about `W / w` seconds
+more. One more agent first installs the build (`i` seconds) while the others go on, so
+the batch then needs about `(W + i) / (w + 1)`; but the newcomer can only take jobs
+still to claim (`R` seconds of them), so never less than `(W - R) / w`. Joining is
+worth it when the batch then finishes sooner by more than half the install it costs
+(`PAYBACK`) and half a claim of tests (`CLAIM_SLACK`: the jobs are shared out a claim
+at a time): the install is certain, the gain an estimate. With installs 20 times a
+test, a second agent joins from 48 jobs left, a third from 124. Each idle agent in
+turn takes the batch it shortens most, so the fleet's last minutes are shared out
+instead of being one long batch on one device.
 
 Agents are only ever asked to share when they are idle now. A ticket issued ahead of
 time, for agents to take as they come free, is taken later than decided: often when
@@ -29,9 +32,12 @@ if TYPE_CHECKING:
 
 _WEIGHT = 0.2
 """Of each new observation in the moving average."""
-MARGIN = 0.1
-"""Of a batch's expected remaining time: how much sooner another agent must make it
-finish to join. Test durations vary by about this much between runs of one workload."""
+PAYBACK = 0.5
+"""Of the install a split costs: how much sooner the batch must finish for it, beyond
+`CLAIM_SLACK`."""
+CLAIM_SLACK = 4
+"""Tests: the agents of a shared batch claim its jobs a few at a time, so one of them
+may finish up to a claim later than the others; half a claim on average."""
 
 
 @dataclass
@@ -87,6 +93,8 @@ class Worked:
     batch_id: str
     ready: int
     """Jobs left to claim."""
+    held: int
+    """Jobs its agents hold: claimed, not finished."""
     agents: int
     """Agents on it, or whose tickets for it wait."""
 
@@ -99,11 +107,22 @@ class Split:
     reason: str
 
 
-def gain_s(jobs: int, agents: int, install_s: float, test_s: float) -> float:
-    """How much sooner `jobs` jobs that `agents` agents work finish with one more agent,
-    which installs the build first, beyond the margin (not positive: not worth it)."""
-    remaining = jobs * test_s / agents
-    return remaining - (install_s + jobs * test_s / (agents + 1)) - MARGIN * remaining
+def finish_s(batch: Worked, agents: int, joining: int, install_s: float, test_s: float) -> float:
+    """About how long the batch takes to finish on `agents` agents and `joining` more,
+    which install the build first and can only take jobs still to claim."""
+    left = (batch.ready + batch.held) * test_s
+    if not joining:
+        return left / agents
+    shared = (left + joining * install_s) / (agents + joining)
+    return max(shared, (left - batch.ready * test_s) / agents)
+
+
+def gain_s(batch: Worked, agents: int, install_s: float, test_s: float) -> float:
+    """How much sooner the batch finishes with one more agent than on `agents`, beyond
+    the margin (not positive: not worth it)."""
+    alone = finish_s(batch, agents, 0, install_s, test_s)
+    shared = finish_s(batch, agents, 1, install_s, test_s)
+    return alone - shared - PAYBACK * install_s - CLAIM_SLACK * test_s
 
 
 def share(batches: list[Worked], idle: int, install_s: float, test_s: float) -> dict[str, Split]:
@@ -111,9 +130,7 @@ def share(batches: list[Worked], idle: int, install_s: float, test_s: float) -> 
     finish soonest sooner, while one finishes sooner beyond the margin at all."""
     agents = {b.batch_id: max(b.agents, 1) for b in batches}
     for _ in range(idle):
-        gains = {
-            b.batch_id: gain_s(b.ready, agents[b.batch_id], install_s, test_s) for b in batches
-        }
+        gains = {b.batch_id: gain_s(b, agents[b.batch_id], install_s, test_s) for b in batches}
         best = max(gains, key=lambda batch_id: (gains[batch_id], batch_id), default=None)
         if best is None or gains[best] <= 0:
             break
@@ -128,10 +145,10 @@ def share(batches: list[Worked], idle: int, install_s: float, test_s: float) -> 
 
 def _joined(batch: Worked, parts: int, install_s: float, test_s: float) -> str:
     on_it = max(batch.agents, 1)
-    before = batch.ready * test_s / on_it
-    after = install_s + batch.ready * test_s / (on_it + parts)
+    before = finish_s(batch, on_it, 0, install_s, test_s)
+    after = finish_s(batch, on_it, parts, install_s, test_s)
     return (
-        f"{batch.ready} jobs left: about {after:.2f} s on {on_it + parts} agents instead "
-        f"of {before:.2f} s on {on_it}, for {parts} more install(s) of {install_s:.2f} s "
-        "(idle agents)"
+        f"{batch.ready + batch.held} jobs left: about {after:.2f} s on {on_it + parts} "
+        f"agents instead of {before:.2f} s on {on_it}, for {parts} more install(s) of "
+        f"{install_s:.2f} s (idle agents)"
     )

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from agent.runners.simulated import SimulatedConfig
 from infra import events as ev
+from infra import nats as qnats
 from infra import settings
+from infra.eventlog import EventLog
 from tests.stack import running_stack, simulated_agents
 
 if TYPE_CHECKING:
@@ -147,15 +149,57 @@ async def test_an_urgent_job_starts_when_the_current_test_ends_not_the_whole_bat
     assert per_build == {"run": 1, "new": 1}, "the agent came back to the build it had"
 
 
-async def test_the_last_few_jobs_of_a_batch_run_before_urgent_work_rather_than_install_again(
+async def test_a_batch_set_aside_for_short_urgent_work_resumes_on_the_same_device(
     qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Four tests left take less time than the install another agent would make for
-    them: the agent runs them, then the urgent job."""
+    """An urgent test takes less time than an install: the agent sets its batch aside
+    (the jobs it had not started go back), runs the urgent test, and comes back to the
+    batch with its ticket: no second ticket, no second install."""
     agents = simulated_agents(1, runner=runner(install_s=0.8, test_s=0.1))
     async with scheduled_stack(qg_servers, agents, monkeypatch) as stack:
         views, per_build = await newcomer_while_running(stack, priority=5)
-    assert_ran_to_its_end_first(views, per_build)
+    nc = await qnats.connect(qg_servers.nats_url, "test")
+    try:
+        batch_events = [e for _, e in await EventLog(nc).read(ev.batch_subject(views[0].batch_id))]
+    finally:
+        await qnats.close(nc)
+    assert run_order(views) == [
+        "tests/r0.spec.js",
+        "tests/new.spec.js",
+        *(f"tests/r{i}.spec.js" for i in range(1, 5)),
+    ]
+    assert all("job.released" in v.events and v.attempt == 1 for v in views[1:5])
+    assert per_build == {"run": 1, "new": 1}
+    [set_aside] = [e for e in batch_events if isinstance(e, ev.BatchYielded)]
+    assert set_aside.returns
+    tickets = {e.ticket for e in batch_events if isinstance(e, ev.BatchClaimed | ev.BatchDrained)}
+    assert tickets == {1}, "the agent came back with the ticket it had"
+
+
+async def test_the_last_few_jobs_of_a_batch_run_before_long_urgent_work_not_install_again(
+    qg_servers: embedded.Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests left take less time than the install another agent would make for
+    them, and the urgent batch (ten jobs when its ticket was issued) more than an
+    install: the agent runs its own first."""
+    agents = simulated_agents(1, runner=runner(install_s=0.8, test_s=0.1))
+    async with scheduled_stack(qg_servers, agents, monkeypatch) as stack:
+        running = [
+            await stack.submit(app_version_id="run", test_path=f"tests/r{i}.spec.js", priority=1)
+            for i in range(5)
+        ]
+        await stack.reach(running[0].job_id, "running")
+        new = [
+            await stack.submit(
+                app_version_id="new", test_path=f"tests/n{i}.spec.js", priority=5 if i == 9 else 1
+            )
+            for i in range(10)
+        ]
+        views = await stack.wait_all([j.job_id for j in [*running, *new]])
+        per_build = await installs(stack)
+    assert run_order(views)[:5] == [f"tests/r{i}.spec.js" for i in range(5)]
+    assert not any("job.released" in v.events for v in views), "a batch was given back"
+    assert per_build == {"run": 1, "new": 1}
 
 
 async def test_a_batch_aged_to_band_5_waits_for_the_running_batch_to_end(

@@ -110,6 +110,33 @@ def test_a_batch_given_back_gets_a_fresh_ticket_for_its_released_jobs() -> None:
     assert g.working == {}
 
 
+def test_a_batch_set_aside_keeps_its_ticket_for_the_agent_that_comes_back() -> None:
+    g = Grouping()
+    g.apply(1, submitted("j1"))
+    g.apply(2, submitted("j2"))
+    g.apply(3, assigned("j1"))
+    g.apply(4, assigned("j2"))
+    g.apply(5, claimed(ticket=1))
+    reason = "set aside for urgent work"
+    released = ev.JobReleased(
+        at=T0, job_id=ev.JobId("j2"), agent_id=ev.AgentId("a1"), reason=reason
+    )
+    assert g.apply(6, released) == []
+    set_aside = ev.BatchYielded(
+        at=T0,
+        batch_id=ev.BatchId("b1"),
+        ticket=1,
+        agent_id=ev.AgentId("a1"),
+        reason=reason,
+        returns=True,
+    )
+    assert g.apply(7, set_aside) == [], "no fresh ticket: its agent comes back with ticket 1"
+    assert g.working == {}, "the agent works the urgent batch meanwhile"
+    assert list(g.batches["b1"].live) == [1]
+    assert g.apply(8, claimed(ticket=1)) == []
+    assert g.working == {ev.AgentId("a1"): g.batches["b1"]}
+
+
 def test_a_retried_job_is_pending_again() -> None:
     g = Grouping()
     g.apply(1, submitted("j1"))

@@ -272,18 +272,20 @@ def test_a_test_costs_its_agent_the_time_from_its_last_work_on_the_batch_to_the_
 
 
 def test_idle_agents_join_a_batch_only_when_it_then_finishes_sooner() -> None:
-    def joined(*batches: tuple[int, int], idle: int = 5) -> dict[str, int]:
-        worked = [splits.Worked(f"b{jobs}", jobs, agents) for jobs, agents in batches]
+    def joined(*batches: tuple[int, int], idle: int = 5, held: int = 0) -> dict[str, int]:
+        worked = [splits.Worked(f"b{jobs}", jobs, held, agents) for jobs, agents in batches]
         shares = splits.share(worked, idle, install_s=0.8, test_s=0.04)
         return {batch_id: split.parts for batch_id, split in shares.items()}
 
-    assert joined((50, 1)) == {}, "2 s left: 0.2 s sooner with a second agent is in the margin"
-    assert joined((60, 1)) == {"b60": 1}
-    assert joined((200, 1)) == {"b200": 2}, "a third agent from 172 jobs left"
+    assert joined((45, 1)) == {}, "1.8 s left: 0.5 s sooner does not pay half the install"
+    assert joined((50, 1)) == {"b50": 1}, "2 s left: 1.4 s with a second agent"
+    assert joined((30, 1), held=20) == {"b30": 1}, "the jobs its agent holds count"
+    assert joined((10, 1), held=40) == {}, "a newcomer can only take the jobs still to claim"
+    assert joined((200, 1)) == {"b200": 2}, "a third agent from 124 jobs left"
     assert joined((200, 2)) == {"b200": 1}, "one agent on it already, one waiting ticket"
     assert joined((200, 1), idle=1) == {"b200": 1}
     assert joined((200, 1), (60, 1)) == {"b200": 2, "b60": 1}, "each where it helps most"
-    assert joined((200, 1), (60, 1), idle=2) == {"b200": 1, "b60": 1}
+    assert joined((200, 1), (60, 1), idle=2) == {"b200": 2}, "a third agent helps b200 more"
 
 
 def test_agents_share_a_batch_only_while_nothing_else_waits_for_them() -> None:
