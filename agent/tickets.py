@@ -108,6 +108,17 @@ class TicketSource:
                 return msg
         return None
 
+    def settling_s(self, above: int, grace_s: float = PREEMPT_GRACE_S) -> float:
+        """How long until the newest ticket hinted above band `above` is `grace_s` old:
+        0 when none is younger. A busy agent between two tests waits that long rather
+        than run a whole test more before it looks again."""
+        seen = [
+            at
+            for (target, band), at in self._published.items()
+            if band > above and target in self._targets
+        ]
+        return max(0.0, max(seen, default=float("-inf")) + grace_s - time.monotonic())
+
     async def _take_from(self, keys: list[Key], rank: Callable[[Msg], int]) -> Msg | None:
         """The best ticket of a band's queues: from the queue with most tickets waiting,
         the best of up to CHOICES; the others go back at once. A queue found empty is

@@ -293,7 +293,7 @@ class Agent:
                         await self._give_back(ticket, jobs[index:], "agent stopping")
                         return _Done(spent=True)
                     worth = self._worth_giving_back(len(jobs) - index + claim.queued_after)
-                    urgent = await self._urgent(ticket) if worth or may_set_aside else None
+                    urgent = await self._urgent_now(ticket) if worth or may_set_aside else None
                     if urgent is not None:
                         if may_set_aside and self._shorter_than_install(urgent):
                             return await self._preempted(ticket, jobs[index:], urgent, aside=True)
@@ -342,10 +342,22 @@ class Agent:
             return True
         return jobs_left * self._test_s >= self._install_s
 
+    async def _urgent_now(self, ticket: ev.WorkTicket) -> Msg | None:
+        """Between two tests: an urgent ticket, if there is one; one published less than
+        `PREEMPT_GRACE_S` ago is waited for, not left until after the next test."""
+        wait_s = self._tickets.settling_s(self._interrupting_above(ticket))
+        if wait_s:
+            await asyncio.sleep(wait_s)
+        return await self._urgent(ticket)
+
+    def _interrupting_above(self, ticket: ev.WorkTicket) -> int:
+        """The dispatch queue above which a ticket interrupts this one's batch."""
+        return max(ticket.band, self.config.preempt_band - 1)
+
     async def _urgent(self, ticket: ev.WorkTicket, grace_s: float = PREEMPT_GRACE_S) -> Msg | None:
         """A ticket urgent enough to interrupt this one's batch, if there is one now that
         was published at least `grace_s` ago."""
-        above = max(ticket.band, self.config.preempt_band - 1)
+        above = self._interrupting_above(ticket)
         return await self._tickets.take(self._installed.rank, above=above, grace_s=grace_s)
 
     async def _preempted(
