@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -55,6 +56,9 @@ class TicketSource:
         the first of those tickets was seen."""
         self._given_back: set[Key] = set()
         """Bands where a ticket may wait for redelivery."""
+        self._hints: Counter[Key] = Counter()
+        """Hints seen per band: a look that finds a band empty forgets its hints only
+        when none came meanwhile (a ticket published just after the server answered)."""
         self._rechecked = float("-inf")
 
     async def open(self) -> None:
@@ -72,6 +76,7 @@ class TicketSource:
         *prefix, target, band = msg.subject.split(".")
         key = (ev.Target(target), int(band.removeprefix("p")))
         if key[0] in self._targets and key[1] in bands.QUEUES:
+            self._hints[key] += 1
             if prefix[1] == "hint":
                 self._given_back.add(key)
             else:
@@ -122,23 +127,28 @@ class TicketSource:
     async def _take_from(self, keys: list[Key], rank: Callable[[Msg], int]) -> Msg | None:
         """The best ticket of a band's queues: from the queue with most tickets waiting,
         the best of up to CHOICES; the others go back at once. A queue found empty is
-        hinted no more."""
+        hinted no more, unless a hint came while it was looked at."""
         firsts: list[tuple[Msg, Key]] = []
         for key in keys:
+            hints = self._hints[key]
             found = await self._pull(key, 1)
             if found:
                 firsts.append((found[0], key))
-            else:
+            elif self._hints[key] == hints:
                 self._published.pop(key, None)
                 self._given_back.discard(key)
+            elif key in self._published:
+                self._published[key] = time.monotonic()  # the first since it was empty
         if not firsts:
             return None
         first, key = max(firsts, key=lambda found: found[0].metadata.num_pending)
         waiting = first.metadata.num_pending
         choices = [first, *(await self._pull(key, min(waiting, CHOICES - 1)) if waiting else [])]
         chosen = min(choices, key=rank)
-        await self._give_back([(m, key) for m in choices if m is not chosen])
-        await self._give_back([(m, k) for m, k in firsts if m is not first])
+        await self._give_back(
+            [(m, key) for m in choices if m is not chosen]
+            + [(m, k) for m, k in firsts if m is not first]
+        )
         return chosen
 
     async def put_back(self, msg: Msg) -> None:

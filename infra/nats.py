@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import msgspec
 import nats
 import nats.errors
 import structlog
@@ -196,6 +196,13 @@ def fetch_timed_out() -> list[Msg]:
     return []
 
 
+class _PullRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A JetStream pull request that the server answers at once, with what is ready."""
+
+    batch: int
+    no_wait: bool = True
+
+
 class ReadyPuller:
     """Takes from a pull consumer the messages it has ready now, never waiting for more.
 
@@ -229,7 +236,7 @@ class ReadyPuller:
         assert sub is not None, "open() the puller first"
         async with self._lock:
             await self._give_back_late(sub)
-            request = json.dumps({"batch": batch, "no_wait": True}).encode()
+            request = msgspec.json.encode(_PullRequest(batch=batch))
             subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}"
             await self._nc.publish(subject, request, reply=self._inbox)
             msgs: list[Msg] = []
