@@ -143,14 +143,15 @@ class ClaimService:
     ) -> list[rpc.ClaimedJob]:
         """The `pending` jobs (up to `limit` of the batch's), assigned to the agent as far
         as they still can be. Agents sharing a batch claim at the same moment and choose
-        the same first jobs: a claim that lost every one of them looks again once the read
-        model shows where they went, instead of taking the batch for drained while it
-        still has jobs."""
+        the same first jobs: a claim that lost some of them to a racing claim looks again
+        once the read model shows where they went, and takes the next ones, instead of
+        coming back short (or taking the batch for drained while it still has jobs)."""
+        assigned: list[rpc.ClaimedJob] = []
         for _ in range(CLAIM_ROUNDS):
             tries = await asyncio.gather(*(self._assign(s, request.agent_id) for s in pending))
-            assigned = [t for t in tries if isinstance(t, rpc.ClaimedJob)]
+            assigned += [t for t in tries if isinstance(t, rpc.ClaimedJob)]
             moved_to = [t for t in tries if isinstance(t, int)]
-            if assigned or not moved_to:
+            if len(assigned) >= limit or not moved_to:
                 return assigned
             caught_up = await queries.wait_for_checkpoint(
                 self._pool, queries.JOBS_PROJECTION, max(moved_to), CLAIM_CATCH_UP_S
@@ -159,7 +160,9 @@ class ClaimService:
                 break
             async with self._pool.acquire() as conn:
                 pending, _ = await queries.pending_in_batch(conn, request.batch_id, limit)
-        return []
+            mine = {job.state.job_id for job in assigned}  # the read model may lag them
+            pending = [s for s in pending if s.job_id not in mine][: limit - len(assigned)]
+        return assigned
 
     async def _assign(
         self, state: lifecycle.JobState, agent_id: ev.AgentId
