@@ -3,9 +3,11 @@
 Asking JetStream about every band of every target on each wake-up, and between every two
 tests to see whether something more urgent came in, would cost a request per band per
 agent per test. So an agent keeps hints instead: a band is looked at only once a ticket
-was published to it (a core-NATS subscription on the work subjects sees every one), an
-agent gave one back there, or a second has passed (a ticket whose holder died comes back
-after AckWait without announcing itself). A cold band costs nothing.
+was stored there (the grouping projector's notice, `infra.events.ticket_notice_subject`,
+sent once QG_WORK acknowledged the ticket: a subscription on the work subjects could see
+a ticket before it can be pulled, and every agent that looked at once would find the band
+empty), an agent gave one back there, or a second has passed (a ticket whose holder died
+comes back after AckWait without announcing itself). A cold band costs nothing.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class TicketSource:
     async def open(self) -> None:
         await self._puller.open()
         for target in self._targets:
-            for subject in (ev.work_subjects(target), f"{_GIVEN_BACK}.{target.value}.>"):
+            for subject in (ev.ticket_notices(target), f"{_GIVEN_BACK}.{target.value}.>"):
                 self._wakers.append(await self._nc.subscribe(subject, cb=self._on_hint))
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ EVENT_SUBJECTS = "qg.evt.>"
 JOB_EVENT_SUBJECTS = "qg.evt.job.>"
 TOKEN_EVENT_SUBJECTS = "qg.evt.token.>"
 WORK_SUBJECTS = "qg.work.>"
+TICKET_NOTICES = "qg.ticket.>"
 CLAIM_SUBJECT = "qg.rpc.claim"
 
 
@@ -343,9 +344,17 @@ def work_subject(target: Target, queue: int) -> str:
     return f"qg.work.{target.value}.p{queue}"
 
 
-def work_subjects(target: Target) -> str:
-    """Every band's ticket subject of one target."""
-    return f"qg.work.{target.value}.>"
+def ticket_notice_subject(target: Target, queue: int) -> str:
+    """The core-NATS subject on which the grouping projector says that a ticket of one
+    target and dispatch queue is stored in QG_WORK, once its publish was acknowledged:
+    agents wake on these, not on the work subjects themselves, where a subscriber may see
+    a ticket before the stream has stored it (a pull made at once then finds nothing)."""
+    return f"qg.ticket.{target.value}.p{queue}"
+
+
+def ticket_notices(target: Target) -> str:
+    """Every dispatch queue's ticket notices of one target."""
+    return f"qg.ticket.{target.value}.>"
 
 
 class WorkTicket(msgspec.Struct, frozen=True, kw_only=True):

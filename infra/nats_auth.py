@@ -90,9 +90,9 @@ _SERVICES: tuple[tuple[str, str], ...] = (
 the service account, subject an agent publishes to after the agent account's mappings)."""
 _STREAMED_RESPONSES = frozenset({f"{_API}.CONSUMER.MSG.NEXT.{ev.WORK_STREAM}.*"})
 """Services that answer with several messages (a pull request's tickets and statuses)."""
-_STREAMS = (ev.WORK_SUBJECTS, ev.JOB_EVENT_SUBJECTS)
-"""Subjects whose messages the agent account sees: tickets (to wake up when one is
-published) and job events (to stop a test whose job is cancelled)."""
+_STREAMS = (ev.TICKET_NOTICES, ev.JOB_EVENT_SUBJECTS)
+"""Subjects whose messages the agent account sees: ticket notices (to wake up when a
+ticket is stored) and job events (to stop a test whose job is cancelled)."""
 _MAPPINGS = {
     ev.EVENT_SUBJECTS: f"{GATE_EVENTS}.>",
     f"{REGISTRY_SUBJECTS}.>": f"{GATE_REGISTRY}.>",
@@ -136,7 +136,7 @@ class AgentGrant:
         subscribe = [
             f"{qnats.inbox_prefix(self.user)}.>",
             _JOB_SUBJECTS,
-            *(ev.work_subjects(t) for t in self.targets),
+            *(ev.ticket_notices(t) for t in self.targets),
             HINT_SUBJECTS,
         ]
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}

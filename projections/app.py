@@ -41,7 +41,7 @@ async def run(settings: Settings, servers: embedded.Servers, stop: asyncio.Event
         stack.push_async_callback(ops.stop)
         log.info("projectors_started")
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(GroupingProjector(js, settings.scheduling).run(stop))
+            tasks.create_task(GroupingProjector(conns.nc, settings.scheduling).run(stop))
             for projection in read_models():
                 tasks.create_task(ProjectionRunner(js, pool, projection).run(stop))
         log.info("projectors_stopped")

@@ -1,5 +1,7 @@
 """The grouping projector: runs the dispatch fold (`projections.dispatch`) over
-QG_EVENTS, publishes its tickets to QG_WORK and records the clock's decisions.
+QG_EVENTS, publishes its tickets to QG_WORK (and, once each is stored, a notice that
+wakes the agents of its target: `infra.events.ticket_notice_subject`) and records the
+clock's decisions.
 
 The fold is kept in memory and rebuilt from the stream at start. Decisions that depend
 on the clock alone (`BatchDue`, `BatchSplit`) are first appended as events and acted on
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     import asyncio
     from datetime import datetime
 
-    from nats.js import JetStreamContext
+    from nats.aio.client import Client
 
 __all__ = ["Grouping", "GroupingProjector", "decision_id"]
 """`Grouping`, the fold it runs, is named here too: where the projector's users look."""
@@ -56,8 +58,9 @@ class GroupingProjector:
     """Runs the fold over QG_EVENTS, publishes its tickets to QG_WORK and records the
     clock's decisions in QG_EVENTS."""
 
-    def __init__(self, js: JetStreamContext, policy: settings.Scheduling) -> None:
-        self._js = js
+    def __init__(self, nc: Client, policy: settings.Scheduling) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
         self.grouping = Grouping(policy)
         self.position = 0
         self._queued: dict[str, dict[int, int]] = {}
@@ -70,6 +73,7 @@ class GroupingProjector:
             stream=ev.WORK_STREAM,
             headers={api.Header.MSG_ID: f"{ticket.batch_id}:{ticket.ticket}"},
         )
+        await self._nc.publish(ev.ticket_notice_subject(ticket.target, ticket.band), b"")
         log.info(
             "ticket_issued",
             batch_id=ticket.batch_id,

@@ -296,7 +296,14 @@ async def test_agent_credentials_cannot_subscribe_to_other_subjects(
     """Nor can one agent send another a job event of its own making (a cancel, say):
     what agents publish on job subjects goes to the gate, not to other agents."""
     agent_nc, refusals = agent
-    forbidden = ["qg.evt.>", "qg.evt.token.*", "qg.rpc.ops", "qg.work.device.>", "_INBOX.>"]
+    forbidden = [
+        "qg.evt.>",
+        "qg.evt.token.*",
+        "qg.rpc.ops",
+        "qg.work.device.>",
+        ev.ticket_notices(ev.Target.DEVICE),
+        "_INBOX.>",
+    ]
     received: dict[str, list[str]] = {subject: [] for subject in [*forbidden, "qg.evt.job.*"]}
     last = ev.job_subject("j2")
     last_seen = asyncio.Event()
@@ -313,6 +320,7 @@ async def test_agent_credentials_cannot_subscribe_to_other_subjects(
     await tokens.new_admin(EventLog(service), "test")
     await EventLog(service).append(_submitted("j1"), expected_seq=0)
     await service.jetstream().publish("qg.work.device.p5", b"{}")
+    await service.publish(ev.ticket_notice_subject(ev.Target.DEVICE, 5), b"")
     await service.publish("qg.rpc.ops", b"{}")
     fake = ev.JobCancelled(at=ev.utcnow(), job_id=ev.JobId("j1"), reason="spoofed")
     await agent_nc.publish(ev.job_subject("j1"), ev.encode(fake))

@@ -27,12 +27,12 @@ async def test_a_fresh_urgent_ticket_is_waited_for_only_until_its_grace_is_over(
     try:
         above = bands.URGENT - 1
         assert source.settling_s(above) == 0.0, "no ticket seen: nothing to wait for"
-        await nc.publish(ev.work_subject(ev.Target.DEVICE, bands.URGENT), b"")
-        await nc.publish(ev.work_subject(ev.Target.EMULATOR, 3), b"")
+        await nc.publish(ev.ticket_notice_subject(ev.Target.DEVICE, bands.URGENT), b"")
+        await nc.publish(ev.ticket_notice_subject(ev.Target.EMULATOR, 3), b"")
         await nc.flush()
         await asyncio.sleep(0.001)  # the hint callbacks run
         assert source.settling_s(above) == 0.0, "another target's, or a lower band's"
-        await nc.publish(ev.work_subject(ev.Target.EMULATOR, bands.URGENT), b"")
+        await nc.publish(ev.ticket_notice_subject(ev.Target.EMULATOR, bands.URGENT), b"")
         await nc.flush()
         await asyncio.sleep(0.001)
         assert 0.0 < source.settling_s(above) <= PREEMPT_GRACE_S
@@ -55,19 +55,22 @@ async def test_a_ticket_published_while_its_band_is_found_empty_is_still_taken(
     await qnats.declare_work_consumers(js, ack_wait_s=30)
     source = TicketSource(nc, (ev.Target.EMULATOR,))
     await source.open()
-    subject = ev.work_subject(ev.Target.EMULATOR, 3)
     looked = source._pull
+
+    async def publish(ticket: bytes) -> None:
+        """As the grouping projector does: the ticket, then once stored its notice."""
+        await js.publish(ev.work_subject(ev.Target.EMULATOR, 3), ticket)
+        await nc.publish(ev.ticket_notice_subject(ev.Target.EMULATOR, 3), b"")
+        await asyncio.sleep(0.05)  # the notice is seen
 
     async def found_empty_as_a_ticket_comes(key: Key, batch: int) -> list[Msg]:
         found = await looked(key, batch)
         assert found == [], "the band is empty when this agent looks"
-        await js.publish(subject, b"the new ticket")
-        await asyncio.sleep(0.05)  # its hint is seen before the look ends
+        await publish(b"the new ticket")  # before the look ends
         return found
 
     try:
-        await js.publish(subject, b"a ticket another agent takes")
-        await asyncio.sleep(0.05)
+        await publish(b"a ticket another agent takes")
         rival = qnats.ReadyPuller(nc, ev.WORK_STREAM)
         await rival.open()
         [taken] = await rival.pull(qnats.work_consumer_name(ev.Target.EMULATOR, 3), 1)
