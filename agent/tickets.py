@@ -60,7 +60,7 @@ class TicketSource:
         """Bands where a ticket may wait for redelivery."""
         self._hints: Counter[Key] = Counter()
         """Hints seen per band: a look that finds a band empty forgets its hints only
-        when none came meanwhile (a ticket published just after the server answered)."""
+        when none came meanwhile (a ticket stored just after the server answered)."""
         self._rechecked = float("-inf")
 
     async def open(self) -> None:

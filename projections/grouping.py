@@ -55,8 +55,8 @@ def decision_id(event: ev.BatchDue | ev.BatchSplit, review_at: datetime | None) 
 
 
 class GroupingProjector:
-    """Runs the fold over QG_EVENTS, publishes its tickets to QG_WORK and records the
-    clock's decisions in QG_EVENTS."""
+    """Runs the fold over QG_EVENTS, publishes its tickets to QG_WORK (each followed by
+    its notice once stored) and records the clock's decisions in QG_EVENTS."""
 
     def __init__(self, nc: Client, policy: settings.Scheduling) -> None:
         self._nc = nc
