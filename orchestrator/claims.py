@@ -49,9 +49,9 @@ CLAIM_LIMIT = 8
 higher priority that joined the batch meanwhile runs next, agents sharing a split batch
 take its jobs in turns, and an agent preempted between tests has little to give back."""
 CLAIM_CATCH_UP_S = 5.0
-CLAIM_ROUNDS = 3
-"""Looks at a batch's pending jobs in one claim, while claims racing it take every job
-it chose."""
+CLAIM_ROUNDS = 5
+"""Looks at a batch's pending jobs in one claim, while claims racing it take jobs it
+chose."""
 LOST_TRACK = "its agent lost track of the test (the start was recorded, the agent was not told)"
 LEFT_BEHIND = "its agent claimed other work without it (the claim's answer was lost)"
 
@@ -153,15 +153,17 @@ class ClaimService:
             moved_to = [t for t in tries if isinstance(t, int)]
             if len(assigned) >= limit or not moved_to:
                 return assigned
+            # Where the lost jobs went, and this claim's own: those are pending no more.
+            seen = max(moved_to + [job.state.version for job in assigned])
             caught_up = await queries.wait_for_checkpoint(
-                self._pool, queries.JOBS_PROJECTION, max(moved_to), CLAIM_CATCH_UP_S
+                self._pool, queries.JOBS_PROJECTION, seen, CLAIM_CATCH_UP_S
             )
             if not caught_up:
                 break
             async with self._pool.acquire() as conn:
-                pending, _ = await queries.pending_in_batch(conn, request.batch_id, limit)
-            mine = {job.state.job_id for job in assigned}  # the read model may lag them
-            pending = [s for s in pending if s.job_id not in mine][: limit - len(assigned)]
+                pending, _ = await queries.pending_in_batch(
+                    conn, request.batch_id, limit - len(assigned)
+                )
         return assigned
 
     async def _assign(
